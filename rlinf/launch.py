@@ -66,7 +66,7 @@ def _maybe_reexec(interpreter: str | None) -> None:
     """Re-execute this process under the node group's interpreter (same args, same env)."""
     if not interpreter or os.environ.get(REEXEC_FLAG):
         return
-    if os.path.realpath(interpreter) == os.path.realpath(sys.executable):
+    if os.path.abspath(interpreter) == os.path.abspath(sys.executable):
         return
     if not os.access(interpreter, os.X_OK):
         raise RuntimeError(

@@ -129,7 +129,7 @@ def apply_overrides(cfg: Any, overrides: list[str], issues: Issues) -> Any:
         except OmegaConfBaseException as e:
             issues.add(key, f"cannot parse value in override '{ov}': {e}")
             continue
-        OmegaConf.update(cfg, key, parsed, merge=True, force_add=True)
+        OmegaConf.update(cfg, key, parsed, merge=add, force_add=True)
     return cfg
 
 

@@ -174,13 +174,13 @@ def validate_cross(
             )
         if not cfg.data.train_data_paths and not cfg.data.synthetic.enable:
             issues.add("data.train_data_paths", "is required: jsonl or parquet files with prompts")
-    if task == "reasoning":
-        if cfg.data.rollout_batch_size * cfg.algorithm.group_size % cfg.actor.global_batch_size:
-            issues.add(
-                "actor.global_batch_size",
-                f"{cfg.actor.global_batch_size} must divide data.rollout_batch_size x algorithm.group_size "
-                f"= {cfg.data.rollout_batch_size * cfg.algorithm.group_size}",
-            )
+    n_samples = cfg.data.rollout_batch_size * cfg.algorithm.group_size
+    if task == "reasoning" and n_samples % cfg.actor.global_batch_size:
+        issues.add(
+            "actor.global_batch_size",
+            f"{cfg.actor.global_batch_size} must divide data.rollout_batch_size x "
+            f"algorithm.group_size = {n_samples}",
+        )
 
 
 def validate_config(

@@ -98,9 +98,10 @@ def plan_table(plan: PlacementPlan, max_rows: int = 64) -> str:
                 roles = ",".join(
                     f"{role}[{r0.role_ranks[role]}-{r1.role_ranks[role]}]" for role in r0.roles
                 )
+                nodes = f"node {r0.node}" if r0.node == r1.node else f"nodes {r0.node}-{r1.node}"
                 lines.append(
                     f"{r0.rank:>6} {'':>5} {'':>5} {'':<8} {r0.node_group:<12} "
-                    f"ranks {r0.rank}-{r1.rank} on nodes {r0.node}-{r1.node}: {roles}"
+                    f"ranks {r0.rank}-{r1.rank} on {nodes}: {roles}"
                 )
             start = end + 1
     lines.append("")

@@ -250,14 +250,23 @@ def _role_processes(
     n_res = len(grp.resources)
     procs: dict[int, tuple[tuple[Resource, ...], int]] = {}
     next_proc = 0
+    used_res: set[int] = set()
     for res_spec, proc_spec in _split_parts(spec):
         try:
             res_ids = parse_range(res_spec, n_res, grp.what if label != "node" else "node")
         except RangeError as e:
-            where = f"node group '{label}'" if label != "cluster" else "the cluster"
             have = f"{grp.what} ranks 0-{n_res - 1}" if n_res else f"no {grp.what}s"
-            issues.add(path, f"{e}: {where} has {have}")
+            if e.out_of_range is not None:
+                where = f"node group '{label}'" if label != "cluster" else "the cluster"
+                issues.add(path, f"rank {e.out_of_range} is outside {where} ({have})")
+            else:
+                issues.add(path, f"{e} ({have})")
             return None
+        reused = sorted(set(res_ids) & used_res)
+        if reused:
+            issues.add(path, f"{grp.what} {reused[0]} is placed twice for this role")
+            return None
+        used_res.update(res_ids)
         if proc_spec is None:
             proc_ids = list(range(next_proc, next_proc + len(res_ids)))
         else:

@@ -8,6 +8,10 @@ from typing import Any
 class RangeError(ValueError):
     """A range that does not parse or does not fit; the message says what would be valid."""
 
+    def __init__(self, message: str, out_of_range: int | None = None):
+        super().__init__(message)
+        self.out_of_range = out_of_range
+
 
 def describe(ranks: list[int]) -> str:
     """Compact text for a sorted rank list: [0,1,2,5] -> '0-2,5'."""
@@ -54,6 +58,8 @@ def parse_range(spec: Any, upper: int, what: str = "rank") -> list[int]:
                     items.extend(range(lo, hi + 1))
                 else:
                     items.append(int(part))
+            except RangeError:
+                raise
             except ValueError:
                 raise RangeError(
                     f"'{spec}' is not a {what} range; write e.g. 3, 0-3, 0-1,4 or all"
@@ -63,7 +69,7 @@ def parse_range(spec: Any, upper: int, what: str = "rank") -> list[int]:
     bad = [i for i in items if i < 0 or i >= upper]
     if bad:
         valid = f"0-{upper - 1}" if upper > 0 else "none"
-        raise RangeError(f"{what} {bad[0]} is out of range (valid: {valid})")
+        raise RangeError(f"{what} {bad[0]} is out of range (valid: {valid})", out_of_range=bad[0])
     if len(set(items)) != len(items):
         dup = next(i for i in items if items.count(i) > 1)
         raise RangeError(f"{what} {dup} is listed twice")

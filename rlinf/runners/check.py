@@ -8,7 +8,9 @@ group's size, on the rank's own device (so NCCL is exercised on GPUs, gloo on CP
 from __future__ import annotations
 
 import logging
+import os
 import socket
+import sys
 
 import torch
 import torch.distributed as dist
@@ -31,6 +33,9 @@ def run(ctx: RunContext) -> int:
         me.node_group,
         f", hardware {me.hardware}" if me.hardware else "",
     )
+    fail_rank = os.environ.get("RLINF_FAIL_RANK")  # fault injection for the failure test
+    if fail_rank is not None and int(fail_rank) == me.rank:
+        raise RuntimeError(f"injected failure on rank {me.rank} (RLINF_FAIL_RANK)")
     report = []
     for name, group in topo.member_groups().items():
         t = torch.ones(1, device=topo.device)
@@ -43,20 +48,31 @@ def run(ctx: RunContext) -> int:
         report.append(f"{name}({expected})")
     world = torch.ones(1)
     dist.all_reduce(world)
-    rows = [None] * dist.get_world_size()
-    dist.all_gather_object(
-        rows, (me.rank, me.node, socket.gethostname(), me.device, me.roles, report)
+    env = {k: os.environ.get(k) for k in me.env_vars}
+    mine = (
+        me.rank,
+        me.node,
+        socket.gethostname(),
+        me.device,
+        me.roles,
+        report,
+        sys.executable,
+        env,
     )
+    rows = [None] * dist.get_world_size()
+    dist.all_gather_object(rows, mine)
     if me.rank == 0:
-        for rank, node, host, device, roles, groups in rows:
+        for rank, node, host, device, roles, groups, exe, env in rows:
             log.info(
-                "rank %d node %d host %s device %s roles %s: proved %s",
+                "rank %d node %d host %s device %s roles %s: proved %s | python %s%s",
                 rank,
                 node,
                 host,
                 device,
                 ",".join(roles) or "-",
                 " ".join(groups) or "-",
+                exe,
+                "".join(f" {k}={v}" for k, v in env.items()),
             )
         log.info("check passed: %d ranks, every role group answered", len(rows))
     return 0
