@@ -1,0 +1,122 @@
+"""The rollout role for embodied runs: the policy copy that answers env ranks with actions.
+
+It records what training needs (observations, actions, log-probs, values, rewards, episode
+ends, and the value of the observation after each step — the true final observation where an
+episode ended, so truncation bootstraps correctly) and, at the end of the horizon, turns the
+trajectory into advantages and returns: GAE, or group-relative (GRPO) scores of one episode
+per env. Advantages are computed here, on whole per-env sequences, so the batch that goes to
+the actor can be split anywhere.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from rlinf.algorithms import episode_mask, gae, group_advantages
+from rlinf.config.algorithm import AlgorithmConfig
+from rlinf.dist.batch import TensorBatch
+
+
+class EmbodiedRollout:
+    def __init__(self, policy: nn.Module, device: torch.device, algo: AlgorithmConfig):
+        self.policy = policy.to(device).eval()
+        self.device = device
+        self.algo = algo
+        self.version = -1
+        self._steps: list[dict[str, torch.Tensor]] = []
+
+    @torch.no_grad()
+    def act(self, obs: torch.Tensor, deterministic: bool = False):
+        return self.policy.act(obs.to(self.device), deterministic=deterministic)
+
+    @torch.no_grad()
+    def value(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.policy.value(obs.to(self.device))
+
+    # -- trajectory -----------------------------------------------------------------------
+    def begin(self, num_stages: int) -> None:
+        """Start a horizon: per stage, a list of per-step records."""
+        self._steps = [[] for _ in range(num_stages)]
+
+    def record_action(self, stage: int, obs: torch.Tensor, out) -> None:
+        self._steps[stage].append(
+            {
+                "obs": obs.to(self.device),
+                "action": out.action,
+                "logprob": out.logprob,
+                "value": out.value,
+            }
+        )
+
+    @torch.no_grad()
+    def record_outcome(self, stage: int, msg: TensorBatch) -> None:
+        """Attach the outcome of the last recorded step of ``stage`` (reward, ends, next value)."""
+        rec = self._steps[stage][-1]
+        done = msg["done"].to(self.device)
+        obs = msg["obs"].to(self.device)
+        if self.algo.adv_type == "gae":
+            next_obs = torch.where(_rows(done, obs), msg["final_obs"].to(self.device), obs)
+            rec["next_value"] = self.value(next_obs)
+        rec["reward"] = msg["reward"].to(self.device)
+        rec["terminated"] = msg["terminated"].to(self.device)
+        rec["done"] = done
+
+    def finish(self) -> TensorBatch:
+        """Stack the horizon ([T, N] per key, stages side by side) and compute advantages.
+
+        Returns flat samples [T*N] for the actor.
+        """
+        stages = [
+            {k: torch.stack([r[k] for r in steps]) for k in steps[0]} for steps in self._steps
+        ]
+        traj = {k: torch.cat([s[k] for s in stages], dim=1) for k in stages[0]}
+        a = self.algo
+        if a.adv_type == "gae":
+            adv, ret = gae(
+                traj["reward"],
+                traj["value"],
+                traj["next_value"],
+                traj["terminated"],
+                traj["done"],
+                a.gamma,
+                a.gae_lambda,
+            )
+            mask = torch.ones_like(adv, dtype=torch.bool)
+        else:  # grpo / rloo on episode scores: one episode per env per horizon
+            mask = episode_mask(traj["done"])
+            scores = (traj["reward"] * mask).sum(0)
+            if a.adv_type == "grpo":
+                per_env = group_advantages(
+                    scores, a.group_size, normalize_std=a.group_std_normalize
+                )
+            else:
+                from rlinf.algorithms import rloo_advantages
+
+                per_env = rloo_advantages(scores, a.group_size)
+            adv = per_env.unsqueeze(0).expand_as(traj["reward"]) * mask
+            ret = torch.zeros_like(adv)
+        T, N = adv.shape
+        flat = lambda x: x.reshape(T * N, *x.shape[2:])  # noqa: E731
+        self._steps = []
+        return TensorBatch(
+            {
+                "obs": flat(traj["obs"]),
+                "action": flat(traj["action"]),
+                "logprob": flat(traj["logprob"]),
+                "value": flat(traj["value"]),
+                "advantage": flat(adv),
+                "return": flat(ret),
+                "mask": flat(mask),
+            },
+            meta={"version": self.version},
+        )
+
+    def load_weights(self, weights) -> None:
+        from rlinf.dist.weight_sync import load_into_module
+
+        load_into_module(self.policy)(weights)
+
+
+def _rows(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return mask.view(-1, *([1] * (like.dim() - 1)))

@@ -1,0 +1,67 @@
+"""FSDP2 (`fully_shard`) over the actor group: one mesh per actor group, mixed precision on GPU."""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.distributed.device_mesh import DeviceMesh
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+from rlinf.config.actor import FSDPConfig
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def actor_mesh(group: dist.ProcessGroup, device: torch.device) -> DeviceMesh:
+    """A 1-D device mesh over the actor group (data-parallel sharding)."""
+    return DeviceMesh.from_group(group, device_type=device.type)
+
+
+def shard_model(
+    model: nn.Module,
+    mesh: DeviceMesh,
+    cfg: FSDPConfig,
+    block_types: tuple[type[nn.Module], ...] = (),
+) -> nn.Module:
+    """Apply fully_shard to each block (e.g. decoder layers) and then to the root.
+
+    Without block types every direct child with parameters becomes its own unit, which keeps
+    the peak of gathered parameters at one child for small policies too.
+    """
+    mp = None
+    if cfg.param_dtype is not None and mesh.device_type == "cuda":
+        mp = MixedPrecisionPolicy(
+            param_dtype=DTYPES[cfg.param_dtype], reduce_dtype=DTYPES[cfg.reduce_dtype]
+        )
+    kwargs = {"mesh": mesh, "reshard_after_forward": cfg.reshard_after_forward}
+    if mp is not None:
+        kwargs["mp_policy"] = mp
+    if block_types:
+        units = [m for m in model.modules() if isinstance(m, block_types)]
+    else:
+        units = [c for c in model.children() if any(True for _ in c.parameters())]
+    for unit in units:
+        fully_shard(unit, **kwargs)
+    fully_shard(model, **kwargs)
+    return model
+
+
+def full_state_dict(model: nn.Module, cpu: bool = True) -> dict[str, torch.Tensor]:
+    """Gather the full (unsharded) state dict; a collective over the actor group."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(
+        model, options=StateDictOptions(full_state_dict=True, cpu_offload=cpu)
+    )
+
+
+def clip_grad_norm(model: nn.Module, max_norm: float | None) -> float:
+    """Global grad-norm clipping over sharded (DTensor) gradients; returns the norm before."""
+    params = [p for p in model.parameters() if p.grad is not None]
+    if not params:
+        return 0.0
+    norm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm else float("inf"))
+    if hasattr(norm, "full_tensor"):
+        norm = norm.full_tensor()
+    return float(norm)
