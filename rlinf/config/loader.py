@@ -74,7 +74,12 @@ def _load_yaml(path: Path, seen: tuple[Path, ...] = ()) -> Any:
         if not ppath.is_file():
             ppath = find_config(str(parent))
         merged = OmegaConf.merge(merged, _load_yaml(ppath, seen + (path.resolve(),)))
-    return OmegaConf.merge(merged, node)
+    out = OmegaConf.merge(merged, node)
+    # A placement is one whole: a child's replaces its parent's instead of merging role by role.
+    child = OmegaConf.select(node, "cluster.component_placement")
+    if child is not None and defaults:
+        out.cluster.component_placement = child
+    return out
 
 
 def _schema_allows(path: list[str]) -> tuple[bool, str]:

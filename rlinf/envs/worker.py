@@ -111,7 +111,7 @@ class EnvWorker:
             else None
         )
         self.stats = EpisodeStats()
-        self._eval_rounds = 0
+        self._finished = [False] * num_stages
 
     # -- train --------------------------------------------------------------------------
     def _norm(self, obs: torch.Tensor, update: bool) -> torch.Tensor:
@@ -124,11 +124,13 @@ class EnvWorker:
     def reset_message(self, stage: int) -> TensorBatch:
         """Reset one stage's envs and return its first observations."""
         obs = self.stages[stage].reset()
+        self._finished[stage] = False
         return TensorBatch({"obs": self._norm(obs, update=True)})
 
     def step(self, stage: int, env_action: torch.Tensor) -> TensorBatch:
         """Step one stage; the message carries the next obs and this step's outcome."""
         res = self.stages[stage].step(env_action)
+        self._finished[stage] = bool(res.finished.all())
         self.stats.add(res)
         reward = res.reward
         if self.rew_scale is not None:
@@ -144,6 +146,10 @@ class EnvWorker:
                 "final_obs": final_obs,
             }
         )
+
+    def all_finished(self) -> bool:
+        """Without auto-reset: every env of every stage has ended its episode."""
+        return all(self._finished)
 
     def pop_stats(self) -> dict[str, tuple[float, int]]:
         out = self.stats.metrics("env")

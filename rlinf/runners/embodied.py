@@ -142,6 +142,8 @@ class EmbodiedRunner:
     def collect(self) -> TensorBatch | None:
         """One horizon of T steps per env; returns this rollout rank's samples (or None)."""
         env, ro, S = self.env, self.rollout, self.S
+        if env is None and ro is None:
+            return None
         reset_each = not self.cfg.env.train.auto_reset
         pending = []
         if env is not None and (self.need_reset or reset_each):
@@ -155,19 +157,32 @@ class EmbodiedRunner:
             ro.begin(S)
             if reset_each or self.cached_obs[0] is None:
                 self.cached_obs = [None] * S
-        for t in range(self.T + 1):
+        horizon = self.T
+        t = 0
+        while t <= horizon:
             for s in range(S):
                 if ro is not None:
-                    self._serve(t, s)
-                if env is not None and t < self.T:
+                    self._serve(t, s, last=t == horizon)
+                if env is not None and t < horizon:
                     wait_all(pending)
                     pending = []
                     actions = TensorBatch.cat(self.act_ch.recv_parts())["env_action"]
                     pending += self.obs_ch.send(env.step(s, actions), async_op=True) or []
+            if reset_each and t < horizon and self._all_finished():
+                horizon = t + 1  # every episode has ended: take the last outcomes and stop
+            t += 1
         wait_all(pending)
         return ro.finish() if ro is not None else None
 
-    def _serve(self, t: int, s: int) -> None:
+    def _all_finished(self) -> bool:
+        """Env and rollout ranks agree whether any env of this horizon is still running."""
+        alive = torch.zeros(1, dtype=torch.int64)
+        if self.env is not None:
+            alive[0] = int(not self.env.all_finished())
+        dist.all_reduce(alive, op=dist.ReduceOp.MAX, group=self.topo.group("rollout", "env"))
+        return not int(alive)
+
+    def _serve(self, t: int, s: int, last: bool) -> None:
         """Rollout side of step t, stage s: take the outcome of t-1, act on the obs of t."""
         ro = self.rollout
         if t == 0 and self.cached_obs[s] is not None:
@@ -182,7 +197,7 @@ class EmbodiedRunner:
             self.cached_obs[s] = TensorBatch({"obs": obs})
             self._parts[s] = [p.batch_size for p in parts]
             parts = self._parts[s]
-        if t == self.T:
+        if last:
             return
         out = ro.act(obs)
         ro.record_action(s, obs, out)
@@ -337,9 +352,9 @@ class EmbodiedRunner:
                 if r.save_interval and self.step % r.save_interval == 0:
                     self.save()
             reason, early = control_vote(self.ctx.stop.reason, early, False)
-            if reason or self.step == self.max_steps or early:
-                if not (r.save_interval and self.step % r.save_interval == 0) and self.step > 0:
-                    self.save()
+            saved = bool(r.save_interval) and self.step % r.save_interval == 0
+            if (reason or early or self.step == self.max_steps) and self.step > 0 and not saved:
+                self.save()
         finally:
             logger.close()
             if self.env is not None:

@@ -24,11 +24,7 @@ def shard_model(
     cfg: FSDPConfig,
     block_types: tuple[type[nn.Module], ...] = (),
 ) -> nn.Module:
-    """Apply fully_shard to each block (e.g. decoder layers) and then to the root.
-
-    Without block types every direct child with parameters becomes its own unit, which keeps
-    the peak of gathered parameters at one child for small policies too.
-    """
+    """Apply fully_shard to each block (e.g. decoder layers), then to the root."""
     mp = None
     if cfg.param_dtype is not None and mesh.device_type == "cuda":
         mp = MixedPrecisionPolicy(
@@ -37,11 +33,9 @@ def shard_model(
     kwargs = {"mesh": mesh, "reshard_after_forward": cfg.reshard_after_forward}
     if mp is not None:
         kwargs["mp_policy"] = mp
-    if block_types:
-        units = [m for m in model.modules() if isinstance(m, block_types)]
-    else:
-        units = [c for c in model.children() if any(True for _ in c.parameters())]
-    for unit in units:
+    # Small policies are one unit (one all-gather and one reduce-scatter per step); large
+    # models shard each block so only one block's parameters are gathered at a time.
+    for unit in (m for m in model.modules() if block_types and isinstance(m, block_types)):
         fully_shard(unit, **kwargs)
     fully_shard(model, **kwargs)
     return model
