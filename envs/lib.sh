@@ -1,4 +1,4 @@
-# shellcheck shell=bash
+# shellcheck shell=bash disable=SC2034  # (variables for the scripts that source this)
 # Shared by envs/install.sh and envs/download.sh: options, and install targets -> requirement files.
 ENVS_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 RLINF_ROOT=$(dirname "$ENVS_DIR")
@@ -50,9 +50,9 @@ envs_in() { local x=$1; shift; local y; for y in "$@"; do [[ $x == "$y" ]] && re
 envs_parse() {
   local script=$1
   shift
-  TARGET= MODEL=mlp SIM_ENV=gym ROLLOUT=hf EXTRA_REQS=() WITH_MPI=0 WITH_TEST=0
+  TARGET='' MODEL=mlp SIM_ENV=gym ROLLOUT=hf EXTRA_REQS=() WITH_MPI=0 WITH_TEST=0
   VENV=$RLINF_ROOT/.venv PY=python3 WHEELHOUSE=${RLINF_WHEELHOUSE:-$ENVS_DIR/wheelhouse}
-  OFFLINE=0 NO_PROJECT=0 TORCH_INDEX= INSTALLER=auto MODULEFILE_DIR= DRY=0 PYVER= PLATFORM=
+  OFFLINE=0 NO_PROJECT=0 TORCH_INDEX='' INSTALLER=auto MODULEFILE_DIR='' DRY=0 PYVER='' PLATFORM=''
   while (($#)); do
     case $1 in
       -h | --help) envs_usage "$script"; exit 0 ;;

@@ -85,7 +85,11 @@ def localize(line: str, wheelhouse: Path | None) -> str:
     if dep is None or wheelhouse is None:
         return line
     repo = wheelhouse / "repos" / dep[0]
-    if (repo / ".git").exists() or (repo / "setup.py").exists() or (repo / "pyproject.toml").exists():
+    if (
+        (repo / ".git").exists()
+        or (repo / "setup.py").exists()
+        or (repo / "pyproject.toml").exists()
+    ):
         return f"{dep[0]} @ file://{repo.resolve()}"
     return line
 

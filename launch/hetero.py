@@ -120,9 +120,7 @@ def main(argv: list[str] | None = None) -> int:
                 files[hf] = hetero.slurm_hostfile(plan, hosts)
                 env["SLURM_HOSTFILE"] = str(hf.resolve())
         else:
-            argv_ = hetero.mpirun_argv(
-                plan, args.config, args.overrides, args.python, hosts, extra
-            )
+            argv_ = hetero.mpirun_argv(plan, args.config, args.overrides, args.python, hosts, extra)
     except ValueError as e:
         sys.stderr.write(f"error: {e}\n")
         return 2

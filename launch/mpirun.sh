@@ -54,6 +54,10 @@ EOF
 )
 [[ -n ${WORLD:-} ]] || exit 2
 
+if [[ -z $HOSTFILE && -z ${SLURM_JOB_ID:-} && " $EXTRA " != *" --oversubscribe "* ]]; then
+  EXTRA="$EXTRA --oversubscribe"  # one machine: CPU-slot placements often exceed its cores
+fi
+
 if [[ $PER_NODE == - || $HETERO == 1 ]]; then
   echo "mpirun.sh: node groups set their own interpreter/env or process counts differ:" \
     "starting one MPMD context per node (launch/hetero.py --launcher mpirun)" >&2
@@ -67,9 +71,6 @@ if [[ $PER_NODE == - || $HETERO == 1 ]]; then
     --launcher-args "--bind-to none $EXTRA" "${args[@]}"
 fi
 
-if [[ -z $HOSTFILE && -z ${SLURM_JOB_ID:-} && " $EXTRA " != *" --oversubscribe "* ]]; then
-  EXTRA="$EXTRA --oversubscribe"  # one machine: CPU-slot placements often exceed its cores
-fi
 # shellcheck disable=SC2206
 cmd=(mpirun -n "$WORLD" --map-by "ppr:$PER_NODE:node" --bind-to none
   ${HOSTFILE:+--hostfile "$HOSTFILE"} $EXTRA "$PY" -m rlinf.launch "${args[@]}")

@@ -62,7 +62,7 @@ rlinf_setup() {
     set -u
   fi
   RLINF_PY=${RLINF_PYTHON:-python}
-  cd "$RLINF_ROOT"
+  cd "$RLINF_ROOT" || return 1
   export PYTHONPATH="$RLINF_ROOT${PYTHONPATH:+:$PYTHONPATH}"
   export OMP_NUM_THREADS=${OMP_NUM_THREADS:-${SLURM_CPUS_PER_TASK:-1}}
   export PYTHONUNBUFFERED=1

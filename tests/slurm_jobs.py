@@ -71,3 +71,64 @@ def wait(job: str, timeout: float, poll: float = 0.5) -> dict[str, str]:
 
 def cancel(job: str) -> None:
     subprocess.run(["scancel", job], capture_output=True, timeout=30)
+
+
+def two_group_config(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """A 2-node CPU config whose node groups run under two venvs with different env vars.
+
+    Node 0 (group `train`: actor on both processes) uses venv `a` and RLINF_GROUP_MARK="train
+    side"; node 1 (group `sim`: rollout and env) uses venv `b` and RLINF_GROUP_MARK=sim. The
+    venvs sit over this interpreter (so torch and rlinf import) but are distinct executables.
+    Returns (config, python of a, python of b).
+    """
+    import sys
+
+    pys = []
+    for name in ("a", "b"):
+        subprocess.run(
+            [sys.executable, "-m", "venv", "--system-site-packages", "--without-pip",
+             str(tmp_path / f"venv_{name}")],
+            check=True,
+        )  # fmt: skip
+        pys.append(tmp_path / f"venv_{name}" / "bin" / "python")
+    cfg = tmp_path / "two_groups.yaml"
+    cfg.write_text(f"""
+cluster:
+  num_nodes: 2
+  accelerator_type: cpu
+  accelerators_per_node: 2
+  component_placement:
+    actor: {{node_group: train, placement: 0-1}}
+    rollout: {{node_group: sim, placement: 0}}
+    env: {{node_group: sim, placement: 1}}
+  node_groups:
+    - label: train
+      node_ranks: 0
+      env_configs:
+        - python_interpreter_path: {pys[0]}
+          env_vars: [{{RLINF_GROUP_MARK: "train side"}}]
+    - label: sim
+      node_ranks: 1
+      env_configs:
+        - python_interpreter_path: {pys[1]}
+          env_vars: {{RLINF_GROUP_MARK: sim}}
+runner:
+  task_type: check
+  output_dir: {tmp_path / "run"}
+  logger: {{logger_backends: [console]}}
+""")
+    return cfg, pys[0], pys[1]
+
+
+def assert_two_groups_ran(text: str, py_a: Path, py_b: Path) -> None:
+    """Rank 0's check report shows each rank under its group's interpreter and env var."""
+    assert "check passed: 4 ranks" in text, text[-4000:]
+    for rank, node, group, py, mark in (
+        (0, 0, "train", py_a, "train side"),
+        (1, 0, "train", py_a, "train side"),
+        (2, 1, "sim", py_b, "sim"),
+        (3, 1, "sim", py_b, "sim"),
+    ):
+        pat = rf"rank {rank} node {node} host \S+ device cpu .*\| python {re.escape(str(py))} "
+        pat += rf"RLINF_GROUP_MARK={mark}\n"
+        assert re.search(pat, text), f"rank {rank} ({group}) lacks {py}, {mark}:\n{text[-4000:]}"

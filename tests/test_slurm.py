@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from launchers import REPO, base_env
-from slurm_jobs import cancel, job_info, require_slurm, submit, wait
+from slurm_jobs import TERMINAL, cancel, job_info, require_slurm, submit, wait
 
 from rlinf.dist.slurm import in_slurm_job, requeue_current_job, restart_count
 
@@ -53,7 +53,9 @@ def test_math_32node_dry_run_prints_256_rank_map_and_srun_line():
     assert "world_size=256 num_nodes=32" in p.stdout
     # every one of the 256 ranks is accounted for in the map (folded into runs of ranks)
     assert re.search(r"process\(es\): global ranks 0-255", p.stdout), p.stdout
-    line = re.search(r"this script runs \(32 nodes x 8 tasks = 256 ranks\):\n\s+(srun .*)", p.stdout)
+    line = re.search(
+        r"this script runs \(32 nodes x 8 tasks = 256 ranks\):\n\s+(srun .*)", p.stdout
+    )
     assert line, p.stdout
     assert "--nodes=32 --ntasks-per-node=8" in line.group(1)
     assert "-m rlinf.launch --config math_grpo_32node.yaml runner.resume_dir=auto" in line.group(1)
@@ -85,7 +87,9 @@ def test_hetero_dry_run_shows_how_each_node_group_starts():
     out = p.stdout
     assert "world_size=530 num_nodes=18" in out
     assert "python /opt/venv/openpi/bin/python3  env GLOO_SOCKET_IFNAME=eth0" in out
-    assert re.search(r"0-463 /usr/bin/env GLOO_SOCKET_IFNAME=eth0 .*/opt/venv/openpi/bin/python3", out)
+    assert re.search(
+        r"0-463 /usr/bin/env GLOO_SOCKET_IFNAME=eth0 .*/opt/venv/openpi/bin/python3", out
+    )
     assert "--ntasks=530 --distribution=arbitrary" in out
     assert "<node0>  (x108)" in out
 
@@ -144,9 +148,15 @@ def test_sigusr1_checkpoints_requeues_and_the_job_resumes(tmp_path):
         while int(job_info(job).get("Restarts", 0)) < 1:
             assert time.monotonic() < deadline, log.read_text()
             time.sleep(0.2)
-        while job_info(job).get("JobState") == "PENDING":
-            subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], timeout=30)
-            time.sleep(1)
+        seen_pending = False
+        while time.monotonic() < deadline:
+            state = job_info(job).get("JobState")
+            if state == "PENDING":
+                seen_pending = True
+                subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], timeout=30)
+            elif seen_pending or state in TERMINAL:
+                break
+            time.sleep(0.5)
         info = wait(job, timeout=240)
     finally:
         cancel(job)

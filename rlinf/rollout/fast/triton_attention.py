@@ -12,7 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
-CHUNK = 256
+CHUNK = 512
 BLOCK_N = 64
 
 
