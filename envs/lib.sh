@@ -11,12 +11,13 @@ envs_log() { printf '[envs] %s\n' "$*"; }
 envs_die() { printf '[envs] error: %s\n' "$*" >&2; exit 2; }
 
 envs_usage() {
+  local IFS='|'
   cat <<EOF
 usage: bash envs/$1 TARGET [options]
 
 targets:
-  embodied [--model ${MODELS[*]// /|}] [--env ${SIM_ENVS[*]// /|}]   (default: --model mlp --env gym)
-  reason   [--rollout ${ROLLOUTS[*]// /|}]                       (default: hf, i.e. no extra engine)
+  embodied [--model ${MODELS[*]}] [--env ${SIM_ENVS[*]}]   (default: --model mlp --env gym)
+  reason   [--rollout ${ROLLOUTS[*]}]                       (default: hf, i.e. no extra engine)
   docs
   custom   only the --requirements files
 options:

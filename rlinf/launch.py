@@ -129,8 +129,10 @@ def main(argv: list[str] | None = None) -> int:
     world = discover()
     setup_logging(world.rank)
     detected = _detected_gpus()
+    notes: list = []
     try:
-        cfg = load_config(args.config, args.overrides, detected_accelerators=detected)
+        cfg = load_config(args.config, args.overrides, detected_accelerators=detected,
+                          plan_only=args.plan, notes=notes)
     except ConfigError as e:
         if world.rank == 0:
             print(f"error: {e}", file=sys.stderr)
@@ -141,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.plan:
         if world.rank == 0:
             _print_plan(plan, args)
+            for n in notes:
+                print(f"note: a run will also need {n}", file=sys.stderr)
         return 0
     if world.world_size != plan.world_size:
         from rlinf.dist.commands import launch_commands

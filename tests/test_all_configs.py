@@ -17,7 +17,7 @@ def test_there_are_configs():
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: Path(p).name)
 def test_config_loads_and_plans(path, capsys):
-    cfg = load_config(path, detected_accelerators=0)
+    cfg = load_config(path, detected_accelerators=0, plan_only=True)
     assert cfg.runner.task_type
     assert main(["--config", path, "--plan", "--json"]) == 0
     plan = json.loads(capsys.readouterr().out)

@@ -7,6 +7,20 @@ from typing import Literal
 
 
 @dataclass
+class TinyModelConfig:
+    """Build a tiny random LM (tokenizer trained on the train data) at model_path if missing."""
+
+    enable: bool = False
+    arch: Literal["qwen2", "llama"] = "qwen2"
+    vocab_size: int = 320
+    hidden_size: int = 128
+    num_layers: int = 2
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    seed: int = 0
+
+
+@dataclass
 class ModelConfig:
     """Policy architecture (embodied) or model directory (reasoning, sft)."""
 
@@ -19,6 +33,7 @@ class ModelConfig:
     tanh_squash: bool = False
     precision: Literal["fp32", "bf16", "fp16"] | None = None  # default: bf16 on GPU, fp32 on CPU
     gradient_checkpointing: bool = False
+    tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
 
 
 @dataclass

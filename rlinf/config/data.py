@@ -14,6 +14,8 @@ class SyntheticDataConfig:
     n_train: int = 2000
     n_val: int = 200
     seed: int = 0
+    max_digits: int = 1  # operand size: 1 keeps the CPU demo learnable by a tiny model
+    ops: str = "+-*"
 
 
 @dataclass

@@ -11,6 +11,7 @@ class ConfigIssue:
 
     path: str
     message: str
+    run_only: bool = False  # matters for a run, not for planning (e.g. a model path)
 
     def __str__(self) -> str:
         return f"{self.path}: {self.message}" if self.path else self.message
@@ -31,5 +32,5 @@ class ConfigError(ValueError):
 class Issues(list):
     """A list of ConfigIssue with a small helper to add one."""
 
-    def add(self, path: str, message: str) -> None:
-        self.append(ConfigIssue(path, message))
+    def add(self, path: str, message: str, run_only: bool = False) -> None:
+        self.append(ConfigIssue(path, message, run_only))

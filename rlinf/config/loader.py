@@ -143,8 +143,14 @@ def load_config(
     overrides: list[str] | tuple[str, ...] = (),
     validate: bool = True,
     detected_accelerators: int | None = None,
+    plan_only: bool = False,
+    notes: list | None = None,
 ) -> RLinfConfig:
-    """Load, override, type and validate a config; raise one ConfigError listing every problem."""
+    """Load, override, type and validate a config; raise one ConfigError listing every problem.
+
+    ``plan_only``: problems that only matter for a run (a missing model path) do not fail;
+    they are appended to ``notes`` instead.
+    """
     path = find_config(name)
     raw = _load_yaml(path)
     issues = Issues()
@@ -162,6 +168,10 @@ def load_config(
         from rlinf.config.validate import validate_config
 
         validate_config(cfg, issues, detected_accelerators=detected_accelerators)
+    if plan_only:
+        if notes is not None:
+            notes.extend(i for i in issues if i.run_only)
+        issues = Issues(i for i in issues if not i.run_only)
     if issues:
         raise ConfigError(issues, source=str(path))
     return cfg

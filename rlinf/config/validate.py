@@ -171,9 +171,12 @@ def validate_cross(
             issues.add(
                 "actor.model.model_path",
                 "is required: the local Hugging Face directory of the model (config.json, weights, tokenizer)",
+                run_only=True,
             )
         if not cfg.data.train_data_paths and not cfg.data.synthetic.enable:
-            issues.add("data.train_data_paths", "is required: jsonl or parquet files with prompts")
+            issues.add(
+                "data.train_data_paths", "is required: jsonl or parquet files with prompts", run_only=True
+            )
     n_samples = cfg.data.rollout_batch_size * cfg.algorithm.group_size
     if task == "reasoning" and n_samples % cfg.actor.global_batch_size:
         issues.add(

@@ -27,7 +27,7 @@ DEFAULT_PYTHON = "python"
 ENV = "/usr/bin/env"
 # Set on every started rank: it already runs under its node group's interpreter (no re-exec).
 STARTED_FLAG = "RLINF_REEXECUTED=1"
-_SAFE = re.compile(r"[A-Za-z0-9_@%+=:,./-]+")
+_SAFE = re.compile(r"[A-Za-z0-9_@+=:,./-]+")  # else quoted (srun expands %t, %o outside quotes)
 
 
 @dataclass(frozen=True)

@@ -169,29 +169,24 @@ def qkv_rope(
 
 
 @triton.jit
-def _sample_update(Logits, row, stride_l, vocab, inv_t, base, u, m, s, best, best_i,
+def _sample_update(Logits, row, stride_l, vocab, inv_t, base, u, m, s, g, gi,
                    QBLOCK: tl.constexpr, GREEDY: tl.constexpr):  # fmt: skip
-    """Fold logits ``base .. base + QBLOCK`` into the running (max, sum-exp) and (best score,
-    index); ``u`` are the block's uniform draws."""
+    """Fold logits ``base .. base + QBLOCK`` into per-lane running state: max ``m``, sum-exp
+    ``s`` (relative to ``m``), best score ``g`` and its index ``gi``; ``u`` are the draws."""
     offs = base + tl.arange(0, QBLOCK)
     mask = offs < vocab
     x = tl.load(Logits + row * stride_l + offs, mask=mask, other=float("-inf"))
     x = x.to(tl.float32) * inv_t
-    m_new = tl.maximum(m, tl.max(x, axis=0))
-    if m_new > float("-inf"):
-        s = s * tl.exp(m - m_new) + tl.sum(tl.exp(x - m_new), axis=0)
-        m = m_new
+    m_new = tl.maximum(m, x)
+    live = m_new > float("-inf")
+    s = tl.where(live, s * tl.exp(m - m_new) + tl.exp(x - m_new), 0.0)
     if GREEDY:
         score = x
     else:
         u = tl.minimum(u, 0.99999994)  # the fp32 grid tops out just below 1
-        score = x - tl.log(-tl.log(u))  # Gumbel noise; u == 0 gives -inf, never chosen
-    score = tl.where(mask, score, float("-inf"))
-    v, i = tl.max(score, axis=0, return_indices=True)
-    take = v > best
-    best_i = tl.where(take, base + i, best_i)
-    best = tl.where(take, v, best)
-    return m, s, best, best_i
+        score = tl.where(mask, x - tl.log(-tl.log(u)), float("-inf"))  # Gumbel noise
+    take = score > g  # strict: each lane keeps its first (lowest-index) best
+    return m_new, s, tl.where(take, score, g), tl.where(take, offs, gi)
 
 
 @triton.jit
@@ -199,14 +194,15 @@ def _sample_partial_kernel(
     Logits, stride_l, vocab, inv_t, seed, PM, PS, PG, PI, num_splits, blocks_per_row,
     SPLIT: tl.constexpr, QBLOCK: tl.constexpr, GREEDY: tl.constexpr,
 ):  # fmt: skip
-    # Each step covers 4 * QBLOCK logits with one Philox call per 4 of them (rand4x).
+    # Each step covers 4 * QBLOCK logits with one Philox call per 4 of them (rand4x); state
+    # stays per lane and is reduced across lanes once at the end.
     row = tl.program_id(0).to(tl.int64)
     sp = tl.program_id(1)
-    m = float("-inf")
-    s = 0.0
-    best = float("-inf")
-    best_i = 0
     q = tl.arange(0, QBLOCK)
+    m = tl.full([QBLOCK], float("-inf"), dtype=tl.float32)
+    s = tl.zeros([QBLOCK], dtype=tl.float32)
+    g = tl.full([QBLOCK], float("-inf"), dtype=tl.float32)
+    gi = tl.zeros([QBLOCK], dtype=tl.int32)
     for start in range(sp * SPLIT, (sp + 1) * SPLIT, 4 * QBLOCK):
         if GREEDY:
             u0 = tl.zeros([QBLOCK], dtype=tl.float32)
@@ -216,25 +212,28 @@ def _sample_partial_kernel(
         else:
             counter = (row * blocks_per_row + start // (4 * QBLOCK)) * QBLOCK + q
             u0, u1, u2, u3 = tl.rand4x(seed, counter.to(tl.int32))
-        m, s, best, best_i = _sample_update(
-            Logits, row, stride_l, vocab, inv_t, start, u0, m, s, best, best_i, QBLOCK, GREEDY
+        m, s, g, gi = _sample_update(
+            Logits, row, stride_l, vocab, inv_t, start, u0, m, s, g, gi, QBLOCK, GREEDY
         )
-        m, s, best, best_i = _sample_update(
-            Logits, row, stride_l, vocab, inv_t, start + QBLOCK, u1, m, s, best, best_i,
+        m, s, g, gi = _sample_update(
+            Logits, row, stride_l, vocab, inv_t, start + QBLOCK, u1, m, s, g, gi, QBLOCK, GREEDY
+        )
+        m, s, g, gi = _sample_update(
+            Logits, row, stride_l, vocab, inv_t, start + 2 * QBLOCK, u2, m, s, g, gi,
             QBLOCK, GREEDY,
         )  # fmt: skip
-        m, s, best, best_i = _sample_update(
-            Logits, row, stride_l, vocab, inv_t, start + 2 * QBLOCK, u2, m, s, best, best_i,
+        m, s, g, gi = _sample_update(
+            Logits, row, stride_l, vocab, inv_t, start + 3 * QBLOCK, u3, m, s, g, gi,
             QBLOCK, GREEDY,
         )  # fmt: skip
-        m, s, best, best_i = _sample_update(
-            Logits, row, stride_l, vocab, inv_t, start + 3 * QBLOCK, u3, m, s, best, best_i,
-            QBLOCK, GREEDY,
-        )  # fmt: skip
+    mm = tl.max(m, axis=0)
+    ss = tl.sum(tl.where(m > float("-inf"), s * tl.exp(m - mm), 0.0), axis=0)
+    gg = tl.max(g, axis=0)
+    best_i = tl.min(tl.where(g == gg, gi, 2147483647), axis=0)
     out = row * num_splits + sp
-    tl.store(PM + out, m)
-    tl.store(PS + out, s)
-    tl.store(PG + out, best)
+    tl.store(PM + out, mm)
+    tl.store(PS + out, ss)
+    tl.store(PG + out, gg)
     tl.store(PI + out, best_i)
 
 
@@ -268,7 +267,7 @@ def sample(
     dev = logits_bv.device
     greedy = temperature == 0.0
     inv_t = 1.0 if greedy else 1.0 / temperature
-    qblock = 512
+    qblock = 256
     step = 4 * qblock
     split = step * max(1, triton.cdiv(triton.cdiv(vocab, 16), step))  # <= 16 splits per row
     num_splits = triton.cdiv(vocab, split)
