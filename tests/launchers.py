@@ -61,6 +61,8 @@ def mpirun(nproc: int, config: str, *overrides: str, **kw) -> subprocess.Complet
     cmd = [
         exe,
         "--oversubscribe",
+        "--bind-to",
+        "none",
         "-n",
         str(nproc),
         sys.executable,
