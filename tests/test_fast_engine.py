@@ -196,11 +196,25 @@ def test_load_weights_errors_name_the_parameter():
     assert torch.equal(engine.model.norm.cpu(), w)
 
 
+def test_local_checkpoint_path_and_single_token(tmp_path):
+    model = make("qwen2_tied")
+    model.save_pretrained(tmp_path)
+    engine = FastEngine(str(tmp_path), max_seq_len=32, max_num_seqs=2)
+    out = engine.generate(PROMPTS, SamplingParams(max_new_tokens=5, temperature=0.0))
+    assert out.token_ids == [hf_greedy(model, p, 5) for p in PROMPTS]
+    one = engine.generate(PROMPTS, SamplingParams(max_new_tokens=1, temperature=0.0))
+    assert one.token_ids == [t[:1] for t in out.token_ids]
+    assert one.finish_reasons == ["length"] * len(PROMPTS)
+
+
 def test_sleep_and_wake_keep_outputs():
     model = make("qwen2")
     engine = FastEngine(model, max_seq_len=32, max_num_seqs=2)
     params = SamplingParams(max_new_tokens=6, temperature=0.0)
     before = engine.generate(PROMPTS, params)
+    engine.sleep(1)
+    engine.wake()
+    assert engine.generate(PROMPTS, params).token_ids == before.token_ids
     engine.sleep(2)
     assert engine.cache is None
     with pytest.raises(RuntimeError, match="wake"):

@@ -20,13 +20,15 @@ has gloo.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
 from collections import deque
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor
@@ -131,10 +133,142 @@ def _parse_dtype(name: str) -> torch.dtype:
 _HEADER_BYTES = 16 * 1024  # the fixed first message of every batch
 _PACK_LIMIT = 64 * 1024  # tensors up to this size travel packed, one message per device
 _ALIGN = 16
+_SAME_SPEC = -1  # spec-length field of a compact header: the sender's previous spec again
+_COMPACT_AT = 16  # a compact header: int64 -1, int64 spec id, then the inline pack
+
+# dtypes that numpy can view: CPU tensors of these are packed and unpacked through numpy,
+# several times cheaper than the equivalent torch ops for the small tensors of a step
+_NUMPY_DTYPES = {
+    torch.float64: np.float64,
+    torch.float32: np.float32,
+    torch.float16: np.float16,
+    torch.int64: np.int64,
+    torch.int32: np.int32,
+    torch.int16: np.int16,
+    torch.int8: np.int8,
+    torch.uint8: np.uint8,
+    torch.bool: np.bool_,
+}
 
 
 def _align(n: int) -> int:
     return -(-n // _ALIGN) * _ALIGN
+
+
+class _Row(NamedTuple):
+    name: str
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    device_type: str
+    slot: int  # byte offset in its device's pack; -1: a message of its own; -2: empty
+    nbytes: int
+
+
+class _Layout:
+    """Where each tensor of one batch spec travels; built once per spec on each side.
+
+    ``spec`` is the JSON-able form that full headers carry: meta, ``[name, dtype, shape,
+    device type, slot]`` rows and the pack size per device type.
+    """
+
+    def __init__(self, spec: dict[str, Any]) -> None:
+        self.spec = spec
+        self.meta_json = json.dumps(spec["meta"], separators=(",", ":"))
+        self.rows = [
+            _Row(n, _parse_dtype(d), tuple(s), dev, slot, math.prod(s) * _itemsize(d))
+            for n, d, s, dev, slot in spec["tensors"]
+        ]
+        self.sizes: dict[str, int] = {dev: size for dev, size in spec["packs"]}
+
+    @classmethod
+    def of(cls, batch: TensorBatch) -> _Layout:
+        rows, sizes = [], {}
+        for name, t in batch.items():
+            nbytes = t.numel() * t.element_size()
+            slot = -2 if nbytes == 0 else -1
+            if 0 < nbytes <= _PACK_LIMIT:
+                used = sizes.get(t.device.type)
+                slot = 0 if used is None else _align(used)
+                sizes[t.device.type] = slot + nbytes
+            rows.append([name, _dtype_name(t.dtype), list(t.shape), t.device.type, slot])
+        packs = [[d, n] for d, n in sizes.items()]
+        return cls({"meta": batch.meta, "tensors": rows, "packs": packs})
+
+    def inline_at(self, header_type: str, spec_bytes: int | None) -> int | None:
+        """Offset of the header device's pack inside the header, or None if it travels
+        apart. ``spec_bytes``: length of a full header's JSON spec; None: a compact header."""
+        if header_type not in self.sizes:
+            return None
+        at = _COMPACT_AT if spec_bytes is None else _align(8 + spec_bytes)
+        return at if at + self.sizes[header_type] <= _HEADER_BYTES else None
+
+
+def _batch_key(batch: TensorBatch) -> tuple:
+    """What must match for two batches to share a layout: meta and every tensor's spec."""
+    try:
+        meta = json.dumps(batch.meta, separators=(",", ":"))
+    except (TypeError, ValueError):
+        batch.check_meta()  # raises the user-facing error
+        raise
+    return meta, tuple((n, t.dtype, t.shape, t.device.type) for n, t in batch.items())
+
+
+def _copy_in(buf: Tensor, buf_np: np.ndarray | None, offset: int, t: Tensor) -> None:
+    """Copy ``t``'s bytes to ``buf[offset:]`` (numpy for CPU tensors: fewer op overheads)."""
+    if buf_np is not None and t.device.type == "cpu" and t.dtype in _NUMPY_DTYPES:
+        src = (t.detach() if t.requires_grad else t).numpy().reshape(-1).view(np.uint8)
+        buf_np[offset : offset + src.size] = src
+    else:
+        data = t.reshape(-1).view(torch.uint8)
+        buf[offset : offset + data.numel()].copy_(data)
+
+
+def _encode(
+    batch: TensorBatch,
+    layout: _Layout,
+    header_device: torch.device,
+    spec_id: int | None = None,
+    compact: bool = False,
+) -> list[Tensor]:
+    """The messages of ``batch`` (whose layout is ``layout``), in sending order."""
+    here = header_device.type
+    first = torch.zeros(_HEADER_BYTES, dtype=torch.uint8)
+    head_np = first.numpy()
+    extra = []
+    if compact:
+        head_np[:16].view(np.int64)[:] = (_SAME_SPEC, spec_id)
+        inline_at = layout.inline_at(here, None)
+    else:
+        spec = layout.spec if spec_id is None else {**layout.spec, "id": spec_id}
+        raw = json.dumps(spec | {"inline": True}, separators=(",", ":")).encode()
+        inline_at = layout.inline_at(here, len(raw))
+        if inline_at is None:
+            raw = json.dumps(spec | {"inline": False}, separators=(",", ":")).encode()
+        head_np[:8].view(np.int64)[0] = len(raw)
+        head = raw[: _HEADER_BYTES - 8]
+        head_np[8 : 8 + len(head)] = np.frombuffer(head, dtype=np.uint8)
+        if len(raw) > len(head):
+            extra.append(torch.frombuffer(bytearray(raw[len(head) :]), dtype=torch.uint8))
+    if here != "cpu":
+        first = first.to(header_device)
+        extra = [m.to(header_device) for m in extra]
+    packs: dict[str, tuple[Tensor, np.ndarray | None]] = {}
+    pack_messages, large = [], []
+    for t, row in zip(batch.values(), layout.rows):
+        if row.slot >= 0:
+            if row.device_type not in packs:
+                if row.device_type == here and inline_at is not None:
+                    buf = first[inline_at : inline_at + layout.sizes[here]]
+                else:  # on the device of the pack's first tensor
+                    buf = torch.empty(
+                        layout.sizes[row.device_type], dtype=torch.uint8, device=t.device
+                    )
+                    pack_messages.append(buf)
+                packs[row.device_type] = (buf, buf.numpy() if buf.device.type == "cpu" else None)
+            _copy_in(*packs[row.device_type], row.slot, t)
+        elif row.slot == -1:
+            large.append(t.contiguous())  # a no-op for row splits of contiguous tensors
+    return [first, *extra, *pack_messages, *large]
 
 
 def encode_batch(batch: TensorBatch, header_device: torch.device) -> list[Tensor]:
@@ -147,83 +281,74 @@ def encode_batch(batch: TensorBatch, header_device: torch.device) -> list[Tensor
     3. the packs not inlined, one per device type: tensors of at most 64 KiB copied together
        (``slot`` is the byte offset in the pack; -1: a message of its own; -2: empty);
     4. every large tensor in batch order (no copy for contiguous tensors).
+
+    A :class:`Channel` sends a *compact* header instead when the batch has the same layout
+    (names, dtypes, shapes, devices, meta) as the previous one it sent to that peer: int64
+    -1, the int64 id of that layout, then the inline pack at byte 16; no JSON either way.
     """
     batch.check_meta()
-    rows, members, large = [], {}, []
-    for name, t in batch.items():
-        nbytes = t.numel() * t.element_size()
-        slot = -2 if nbytes == 0 else -1
-        if 0 < nbytes <= _PACK_LIMIT:
-            group = members.setdefault(t.device.type, [])
-            slot = _align(group[-1][0] + group[-1][1].numel()) if group else 0
-            group.append((slot, t.reshape(-1).view(torch.uint8)))
-        elif nbytes:
-            large.append(t.contiguous())  # a no-op for row splits of contiguous tensors
-        rows.append([name, _dtype_name(t.dtype), list(t.shape), t.device.type, slot])
-    sizes = {d: g[-1][0] + g[-1][1].numel() for d, g in members.items()}
-    spec = {"meta": batch.meta, "tensors": rows, "packs": [[d, n] for d, n in sizes.items()]}
-    raw = json.dumps(spec | {"inline": True}, separators=(",", ":")).encode()
-    inline_at = _align(8 + len(raw))
-    here = header_device.type  # the pack of this device type can ride in the header
-    inline = here in sizes and inline_at + sizes[here] <= _HEADER_BYTES
-    if not inline:
-        raw = json.dumps(spec | {"inline": False}, separators=(",", ":")).encode()
-    first = torch.zeros(_HEADER_BYTES, dtype=torch.uint8)
-    first[:8] = torch.tensor([len(raw)], dtype=torch.int64).view(torch.uint8)
-    head = raw[: _HEADER_BYTES - 8]
-    first[8 : 8 + len(head)] = torch.frombuffer(bytearray(head), dtype=torch.uint8)
-    first = first.to(header_device)
-    messages = []
-    for device_type, group in members.items():
-        if device_type == here and inline:
-            buf = first[inline_at : inline_at + sizes[device_type]]
-        else:  # on the device of the pack's first tensor
-            buf = torch.empty(sizes[device_type], dtype=torch.uint8, device=group[0][1].device)
-            messages.append(buf)
-        for offset, data in group:
-            buf[offset : offset + data.numel()].copy_(data)
-    out = [first]
-    if len(raw) > len(head):
-        out.append(torch.frombuffer(bytearray(raw[len(head) :]), dtype=torch.uint8))
-        out[-1] = out[-1].to(header_device)
-    return out + messages + large
+    return _encode(batch, _Layout.of(batch), header_device)
 
 
 def spec_length(first: Tensor) -> tuple[int, bytes]:
     """``(spec length, spec bytes present in the first message)`` of a received header."""
     raw = first.cpu().numpy().tobytes()
-    size = int.from_bytes(raw[:8], "little")
-    return size, raw[8 : 8 + size]
+    size = int.from_bytes(raw[:8], "little", signed=True)
+    return size, raw[8 : 8 + max(size, 0)]
+
+
+def _materialize(
+    first: Tensor, layout: _Layout, inline_at: int | None, meta: dict[str, Any]
+) -> tuple[TensorBatch, list[Tensor]]:
+    """The batch described by ``layout`` with its tensors as views into its packs (the header
+    for the inline one), plus the buffers to receive the remaining messages into, in order."""
+    packs: dict[str, tuple[Tensor, np.ndarray | None]] = {}
+    to_recv = []
+    for dev, size in layout.sizes.items():
+        if dev == first.device.type and inline_at is not None:
+            buf = first[inline_at : inline_at + size]
+        else:
+            buf = torch.empty(size, dtype=torch.uint8, device=_recv_device(dev))
+            to_recv.append(buf)
+        packs[dev] = (buf, buf.numpy() if buf.device.type == "cpu" else None)
+    tensors = {}
+    for row in layout.rows:
+        if row.slot >= 0:
+            buf, buf_np = packs[row.device_type]
+            np_dtype = _NUMPY_DTYPES.get(row.dtype)
+            if buf_np is not None and np_dtype is not None:
+                view = buf_np[row.slot : row.slot + row.nbytes].view(np_dtype)
+                t = torch.from_numpy(view.reshape(row.shape))
+            else:
+                t = buf[row.slot : row.slot + row.nbytes].view(row.dtype).view(row.shape)
+        else:
+            t = torch.empty(row.shape, dtype=row.dtype, device=_recv_device(row.device_type))
+            if row.slot == -1:
+                to_recv.append(t)
+        tensors[row.name] = t
+    return TensorBatch(tensors, meta), to_recv
 
 
 def decode_batch(first: Tensor, raw: bytes) -> tuple[TensorBatch, list[Tensor]]:
     """Inverse of :func:`encode_batch`: ``(batch, buffers to receive the remaining messages
     into, in order)``; small tensors are views into their pack."""
     spec = json.loads(raw.decode())
-    packs, to_recv = {}, []
-    for dev, size in spec["packs"]:
-        if dev == first.device.type and spec["inline"]:
-            start = _align(8 + len(raw))
-            packs[dev] = first[start : start + size]
-        else:
-            packs[dev] = torch.empty(size, dtype=torch.uint8, device=_recv_device(dev))
-            to_recv.append(packs[dev])
-    tensors = {}
-    for name, dtype_name, shape, dev, slot in spec["tensors"]:
-        dtype = _parse_dtype(dtype_name)
-        if slot >= 0:
-            nbytes = math.prod(shape) * _itemsize(dtype)
-            t = packs[dev][slot : slot + nbytes].view(dtype).view(shape)
-        else:
-            t = torch.empty(shape, dtype=dtype, device=_recv_device(dev))
-            if slot == -1:
-                to_recv.append(t)
-        tensors[name] = t
-    return TensorBatch(tensors, spec["meta"]), to_recv
+    layout = _Layout(spec)
+    inline_at = layout.inline_at(first.device.type, len(raw)) if spec["inline"] else None
+    return _materialize(first, layout, inline_at, spec["meta"])
 
 
-def _itemsize(dtype: torch.dtype) -> int:
+def _itemsize(dtype: torch.dtype | str) -> int:
+    if isinstance(dtype, str):
+        dtype = _parse_dtype(dtype)
     return torch.empty((), dtype=dtype).element_size()
+
+
+# Layouts last sent to / received from each peer, per (group, peer, header device type):
+# messages between two ranks of a group arrive in order, so both sides agree on the last.
+_SENT_LAYOUTS: dict[tuple[int, int, str], tuple[Any, tuple, int, _Layout]] = {}
+_RECV_LAYOUTS: dict[tuple[int, int, str], tuple[Any, int, _Layout]] = {}
+_SPEC_IDS = itertools.count(1)
 
 
 class Channel:
@@ -324,9 +449,26 @@ class Channel:
         return None
 
     def _isend(self, batch: TensorBatch, peer: int) -> SendHandle:
-        messages = encode_batch(batch, self._header_device())
+        messages = self._encode_for(peer, batch)
         works = [dist.isend(t, dst=peer, group=self.group) for t in messages]
         return SendHandle(peer, works, messages)
+
+    def _cache_slot(self, peer: int) -> tuple[int, int, str]:
+        group = self.group if self.group is not None else dist.group.WORLD
+        return id(group), peer, self._header_device().type
+
+    def _encode_for(self, peer: int, batch: TensorBatch) -> list[Tensor]:
+        """Full header for a new layout, compact header when it repeats the last one sent."""
+        key = _batch_key(batch)
+        slot = self._cache_slot(peer)
+        group = self.group if self.group is not None else dist.group.WORLD
+        sent = _SENT_LAYOUTS.get(slot)
+        if sent is not None and sent[0] is group and sent[1] == key:
+            return _encode(batch, sent[3], self._header_device(), sent[2], compact=True)
+        layout = _Layout.of(batch)
+        spec_id = next(_SPEC_IDS)
+        _SENT_LAYOUTS[slot] = (group, key, spec_id, layout)
+        return _encode(batch, layout, self._header_device(), spec_id)
 
     # -- receiving -----------------------------------------------------------------------
     def recv_parts(self) -> list[TensorBatch]:
@@ -338,9 +480,13 @@ class Channel:
         first = {p: torch.empty(_HEADER_BYTES, dtype=torch.uint8, device=dev) for p in remote}
         for w in [dist.irecv(first[p], src=p, group=self.group) for p in remote]:
             w.wait()
+        words = {p: first[p][:16].cpu().numpy().view(np.int64).tolist() for p in remote}
         specs, rest = {}, {}
         for p in remote:
-            size, specs[p] = spec_length(first[p])
+            size = words[p][0]
+            if size == _SAME_SPEC:
+                continue
+            specs[p] = first[p][8 : 8 + min(size, _HEADER_BYTES - 8)].cpu().numpy().tobytes()
             if size > len(specs[p]):
                 rest[p] = torch.empty(size - len(specs[p]), dtype=torch.uint8, device=dev)
         for w in [dist.irecv(rest[p], src=p, group=self.group) for p in rest]:
@@ -348,8 +494,11 @@ class Channel:
         batches: dict[int, TensorBatch] = {}
         works = []
         for p in remote:
-            raw = specs[p] + (rest[p].cpu().numpy().tobytes() if p in rest else b"")
-            batches[p], buffers = decode_batch(first[p], raw)
+            if p in specs:
+                raw = specs[p] + (rest[p].cpu().numpy().tobytes() if p in rest else b"")
+                batches[p], buffers = self._decode_full(p, first[p], raw)
+            else:
+                batches[p], buffers = self._decode_compact(p, first[p], words[p][1])
             works += [dist.irecv(t, src=p, group=self.group) for t in buffers]
         for w in works:
             w.wait()
@@ -360,6 +509,28 @@ class Channel:
                 )
             batches[self.rank] = self._local.popleft()
         return [batches[p] for p in self.in_peers]
+
+    def _decode_full(self, peer: int, first: Tensor, raw: bytes):
+        spec = json.loads(raw.decode())
+        layout = _Layout(spec)
+        inline_at = layout.inline_at(first.device.type, len(raw)) if spec["inline"] else None
+        if "id" in spec:  # the sender may refer to this layout by its id from now on
+            group = self.group if self.group is not None else dist.group.WORLD
+            _RECV_LAYOUTS[self._cache_slot(peer)] = (group, spec["id"], layout)
+        return _materialize(first, layout, inline_at, spec["meta"])
+
+    def _decode_compact(self, peer: int, first: Tensor, spec_id: int):
+        group = self.group if self.group is not None else dist.group.WORLD
+        known = _RECV_LAYOUTS.get(self._cache_slot(peer))
+        if known is None or known[0] is not group or known[1] != spec_id:
+            raise RuntimeError(
+                f"rank {self.rank} got a compact header from rank {peer} for layout {spec_id}, "
+                f"which it has not received (every message between two ranks of a group must "
+                f"go through Channels, in order)"
+            )
+        layout = known[2]
+        meta = json.loads(layout.meta_json) if layout.spec["meta"] else {}
+        return _materialize(first, layout, layout.inline_at(first.device.type, None), meta)
 
     def recv(self) -> TensorBatch:
         """The batch for this rank: its sources' parts concatenated in ``src_ranks`` order.

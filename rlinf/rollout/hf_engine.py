@@ -30,9 +30,13 @@ def _load_model(model_or_path: Any, dtype: torch.dtype | None) -> Any:
     from transformers import AutoModelForCausalLM
 
     if isinstance(model_or_path, str) or hasattr(model_or_path, "__fspath__"):
-        return AutoModelForCausalLM.from_pretrained(
-            str(model_or_path), dtype=dtype, local_files_only=True
-        )
+        path = str(model_or_path)
+        try:
+            return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True)
+        except TypeError:  # transformers < 4.56 names it torch_dtype
+            return AutoModelForCausalLM.from_pretrained(
+                path, torch_dtype=dtype, local_files_only=True
+            )
     if hasattr(model_or_path, "model_type") and not hasattr(model_or_path, "state_dict"):
         return AutoModelForCausalLM.from_config(model_or_path)
     if hasattr(model_or_path, "state_dict") and hasattr(model_or_path, "config"):
@@ -53,6 +57,7 @@ class HFEngine(RolloutEngine):
         dtype: cast the model to this dtype (default: keep it).
         max_batch_size: prompts per forward batch (default: all at once).
         eos_token_id: EOS id(s); default from the model config.
+        name_mapping: renames incoming ``load_weights`` names (None drops a tensor).
     """
 
     def __init__(
@@ -63,6 +68,7 @@ class HFEngine(RolloutEngine):
         dtype: torch.dtype | None = None,
         max_batch_size: int | None = None,
         eos_token_id: int | Iterable[int] | None = None,
+        name_mapping: Callable[[str], str | None] | None = None,
     ) -> None:
         self.model = _load_model(model_or_path, dtype)
         if device is None:
@@ -83,8 +89,7 @@ class HFEngine(RolloutEngine):
             else ((eos_token_id,) if isinstance(eos_token_id, int) else tuple(eos_token_id))
         )
         self.max_batch_size = max_batch_size
-        # Renames incoming weight names before they are matched (None drops a tensor).
-        self.name_mapping: Callable[[str], str | None] | None = None
+        self.name_mapping = name_mapping
         self._asleep = 0
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:

@@ -27,8 +27,11 @@ def build_lm_engine(cfg: RLinfConfig, device: torch.device, tokenizer):
     kwargs = {"device": device, "dtype": DTYPES[precision], "eos_token_id": tokenizer.eos_token_id}
     if ro.backend == "fast":
         a = cfg.algorithm
-        kwargs.update(max_seq_len=cfg.data.max_prompt_length + a.length_params.max_new_token,
-                      max_num_seqs=ro.max_num_seqs, gpu_memory_utilization=ro.gpu_memory_utilization)
+        kwargs.update(
+            max_seq_len=cfg.data.max_prompt_length + a.length_params.max_new_token,
+            max_num_seqs=ro.max_num_seqs,
+            gpu_memory_utilization=ro.gpu_memory_utilization,
+        )
     return build_engine(ro.backend, path, **kwargs)
 
 
@@ -46,11 +49,15 @@ class ReasoningRollout:
         return SamplingParams(
             max_new_tokens=a.length_params.max_new_token,
             temperature=0.0 if greedy or not sp.do_sample else sp.temperature_train,
-            top_p=sp.top_p, top_k=sp.top_k, stop_token_ids=(self.tok.eos_token_id,), seed=seed,
+            top_p=sp.top_p,
+            top_k=sp.top_k,
+            stop_token_ids=(self.tok.eos_token_id,),
+            seed=seed,
         )
 
-    def generate(self, prompts: TensorBatch, group_size: int, greedy: bool = False,
-                 seed: int | None = None) -> tuple[TensorBatch, dict[str, tuple[float, int]]]:
+    def generate(
+        self, prompts: TensorBatch, group_size: int, greedy: bool = False, seed: int | None = None
+    ) -> tuple[TensorBatch, dict[str, tuple[float, int]]]:
         """Sample ``group_size`` responses per prompt; returns grouped sequences and stats."""
         plens = prompts["prompt_len"].tolist()
         ids = [prompts["prompt_ids"][i, :n].tolist() for i, n in enumerate(plens)]
@@ -69,16 +76,21 @@ class ReasoningRollout:
             k = len(p) + len(r)
             seq[i, :k] = torch.tensor(p + r)
             attn[i, :k] = True
-            resp[i, len(p):k] = True
-            old[i, len(p):k] = torch.tensor(lp[: len(r)], dtype=torch.float32)
+            resp[i, len(p) : k] = True
+            old[i, len(p) : k] = torch.tensor(lp[: len(r)], dtype=torch.float32)
             rlen[i] = len(r)
         g = group_size
-        batch = TensorBatch({
-            "index": prompts["index"],
-            "input_ids": seq.view(-1, g, L), "attention_mask": attn.view(-1, g, L),
-            "response_mask": resp.view(-1, g, L), "old_logprobs": old.view(-1, g, L),
-            "response_len": rlen.view(-1, g),
-        }, meta={"version": self.version})
+        batch = TensorBatch(
+            {
+                "index": prompts["index"],
+                "input_ids": seq.view(-1, g, L),
+                "attention_mask": attn.view(-1, g, L),
+                "response_mask": resp.view(-1, g, L),
+                "old_logprobs": old.view(-1, g, L),
+                "response_len": rlen.view(-1, g),
+            },
+            meta={"version": self.version},
+        )
         tokens = int(rlen.sum())
         stats = {"rollout/tokens_per_s": (tokens / max(dt, 1e-9), 1), "time/generate_s": (dt, 1)}
         return batch, stats
@@ -92,30 +104,48 @@ class RewardScorer:
 
         r = cfg.reward
         self.cfg, self.tok = cfg, tokenizer
-        self.reward = MathReward(correct_score=r.correct_score, incorrect_score=r.incorrect_score,
-                                 format_score=r.format_score, timeout_s=r.timeout_s, num_workers=r.num_workers)
+        self.reward = MathReward(
+            correct_score=r.correct_score,
+            incorrect_score=r.incorrect_score,
+            format_score=r.format_score,
+            timeout_s=r.timeout_s,
+            num_workers=r.num_workers,
+        )
 
     def score(self, batch: TensorBatch, answers: list[str]) -> dict[str, tuple[float, int]]:
         """Add `reward` and `correct` [G, g] to ``batch``; answers are per group."""
         ids, mask = batch["input_ids"], batch["response_mask"]
         G, g, _ = ids.shape
-        texts = [self.tok.decode(ids[i, j][mask[i, j]].tolist(), skip_special_tokens=True)
-                 for i in range(G) for j in range(g)]
+        texts = [
+            self.tok.decode(ids[i, j][mask[i, j]].tolist(), skip_special_tokens=True)
+            for i in range(G)
+            for j in range(g)
+        ]
         golds = [a for a in answers for _ in range(g)]
         results = self.reward.score(texts, golds)
-        reward = torch.tensor([res.reward for res in results], dtype=torch.float32) * self.cfg.reward.reward_scale
+        reward = (
+            torch.tensor([res.reward for res in results], dtype=torch.float32)
+            * self.cfg.reward.reward_scale
+        )
         correct = torch.tensor([res.correct for res in results], dtype=torch.float32)
         a = self.cfg.algorithm
         rlen = batch["response_len"].reshape(-1)
         if a.overlong.enable:
-            reward = reward + overlong_penalty(rlen, a.length_params.max_new_token, a.overlong.buffer_len,
-                                               a.overlong.penalty_factor)
+            reward = reward + overlong_penalty(
+                rlen,
+                a.length_params.max_new_token,
+                a.overlong.buffer_len,
+                a.overlong.penalty_factor,
+            )
         batch["reward"] = reward.view(G, g)
         batch["correct"] = correct.view(G, g)
         n = len(results)
-        return {"reward_sum": (float(reward.sum()), n), "correct_sum": (float(correct.sum()), n),
-                "len_sum": (float(rlen.float().sum()), n),
-                "timeouts": (float(sum(r.timed_out for r in results)), n)}
+        return {
+            "reward_sum": (float(reward.sum()), n),
+            "correct_sum": (float(correct.sum()), n),
+            "len_sum": (float(rlen.float().sum()), n),
+            "timeouts": (float(sum(r.timed_out for r in results)), n),
+        }
 
     def close(self) -> None:
         self.reward.close()

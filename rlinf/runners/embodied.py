@@ -164,10 +164,12 @@ class EmbodiedRunner:
                 if ro is not None:
                     self._serve(t, s, last=t == horizon)
                 if env is not None and t < horizon:
-                    wait_all(pending)
-                    pending = []
                     actions = TensorBatch.cat(self.act_ch.recv_parts())["env_action"]
-                    pending += self.obs_ch.send(env.step(s, actions), async_op=True) or []
+                    # Only now: a gloo send completes once its receive is posted, and the
+                    # rollout rank posts the one for another stage only after these actions
+                    # have left (waiting first deadlocks with pipeline stages).
+                    wait_all(pending)
+                    pending = self.obs_ch.send(env.step(s, actions), async_op=True) or []
             if reset_each and t < horizon and self._all_finished():
                 horizon = t + 1  # every episode has ended: take the last outcomes and stop
             t += 1

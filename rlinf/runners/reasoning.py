@@ -51,9 +51,14 @@ def prepare_assets(cfg, output_dir: str) -> None:
         from rlinf.data.synthetic import write_arithmetic_dataset
 
         if d.synthetic.enable and not Path(d.train_data_paths[0]).is_file():
-            write_arithmetic_dataset(Path(d.train_data_paths[0]).parent, d.synthetic.n_train, d.synthetic.n_val,
-                                     seed=d.synthetic.seed, max_digits=d.synthetic.max_digits,
-                                     ops=tuple(d.synthetic.ops))
+            write_arithmetic_dataset(
+                Path(d.train_data_paths[0]).parent,
+                d.synthetic.n_train,
+                d.synthetic.n_val,
+                seed=d.synthetic.seed,
+                max_digits=d.synthetic.max_digits,
+                ops=tuple(d.synthetic.ops),
+            )
         if m.tiny.enable and not (Path(m.model_path) / "config.json").is_file():
             from rlinf.data.sft import read_jsonl
             from rlinf.models.tiny_lm import build_tiny_lm
@@ -61,8 +66,17 @@ def prepare_assets(cfg, output_dir: str) -> None:
             rows = read_jsonl(d.train_data_paths[0])
             corpus = [f"{r[d.prompt_key]} {r.get(d.response_key, '')}" for r in rows]
             t = m.tiny
-            build_tiny_lm(m.model_path, corpus, arch=t.arch, vocab_size=t.vocab_size, hidden_size=t.hidden_size,
-                          num_layers=t.num_layers, num_heads=t.num_heads, num_kv_heads=t.num_kv_heads, seed=t.seed)
+            build_tiny_lm(
+                m.model_path,
+                corpus,
+                arch=t.arch,
+                vocab_size=t.vocab_size,
+                hidden_size=t.hidden_size,
+                num_layers=t.num_layers,
+                num_heads=t.num_heads,
+                num_kv_heads=t.num_kv_heads,
+                seed=t.seed,
+            )
     dist.barrier()
 
 
@@ -82,13 +96,23 @@ class ReasoningRunner:
         d = cfg.data
         from rlinf.data.prompts import PromptDataset, PromptSampler
 
-        ds_kw = dict(tokenizer=self.tok, prompt_key=d.prompt_key, answer_key=d.answer_key,
-                     max_prompt_length=d.max_prompt_length, apply_chat_template=d.apply_chat_template,
-                     system_prompt=d.system_prompt)
+        ds_kw = dict(
+            tokenizer=self.tok,
+            prompt_key=d.prompt_key,
+            answer_key=d.answer_key,
+            max_prompt_length=d.max_prompt_length,
+            apply_chat_template=d.apply_chat_template,
+            system_prompt=d.system_prompt,
+        )
         self.train_ds = PromptDataset(d.train_data_paths, **ds_kw)
-        self.val_ds = PromptDataset(d.val_data_paths, **ds_kw) if d.val_data_paths and (
-            topo.has("rollout")) else None
-        self.sampler = PromptSampler(len(self.train_ds), d.rollout_batch_size, seed=d.seed, shuffle=d.shuffle)
+        self.val_ds = (
+            PromptDataset(d.val_data_paths, **ds_kw)
+            if d.val_data_paths and (topo.has("rollout"))
+            else None
+        )
+        self.sampler = PromptSampler(
+            len(self.train_ds), d.rollout_batch_size, seed=d.seed, shuffle=d.shuffle
+        )
         steps_per_epoch = self.sampler.batches_per_epoch
         r = cfg.runner
         self.max_steps = r.max_steps if r.max_steps > 0 else steps_per_epoch * r.max_epochs
@@ -96,12 +120,18 @@ class ReasoningRunner:
             from rlinf.train.lm_actor import LMActor
 
             a = cfg.algorithm
-            per_step = a.update_epoch * max(1, d.rollout_batch_size * self.g // cfg.actor.global_batch_size)
-            self.actor = LMActor(cfg, topo.group("actor"), topo.device, total_steps=self.max_steps * per_step)
+            per_step = a.update_epoch * max(
+                1, d.rollout_batch_size * self.g // cfg.actor.global_batch_size
+            )
+            self.actor = LMActor(
+                cfg, topo.group("actor"), topo.device, total_steps=self.max_steps * per_step
+            )
         if topo.has("rollout"):
             from rlinf.rollout.reasoning import ReasoningRollout
 
-            self.rollout = ReasoningRollout(cfg, topo.device, self.tok, score_here=not self.has_reward_role)
+            self.rollout = ReasoningRollout(
+                cfg, topo.device, self.tok, score_here=not self.has_reward_role
+            )
         if topo.has("reward"):
             from rlinf.rollout.reasoning import RewardScorer
 
@@ -112,11 +142,18 @@ class ReasoningRunner:
             self.seq_ch = Channel(topo.ranks("reward"), topo.ranks("actor"))
         else:
             self.seq_ch = Channel(topo.ranks("rollout"), topo.ranks("actor"))
-        wd = cfg.rollout.weight_sync.dtype or cfg.rollout.model.precision or (
-            "bf16" if topo.device.type == "cuda" else None)
-        self.sync = WeightSync(topo.ranks("actor"), topo.ranks("rollout"),
-                               [g for _, g in topo.extra_groups("weight_sync")],
-                               bucket_mb=cfg.rollout.weight_sync.bucket_mb, dtype=DTYPES[wd] if wd else None)
+        wd = (
+            cfg.rollout.weight_sync.dtype
+            or cfg.rollout.model.precision
+            or ("bf16" if topo.device.type == "cuda" else None)
+        )
+        self.sync = WeightSync(
+            topo.ranks("actor"),
+            topo.ranks("rollout"),
+            [g for _, g in topo.extra_groups("weight_sync")],
+            bucket_mb=cfg.rollout.weight_sync.bucket_mb,
+            dtype=DTYPES[wd] if wd else None,
+        )
         self.ckpt = ckpt.CheckpointWriter(ctx.output_dir, r.keep_checkpoints)
 
     # -- phases ---------------------------------------------------------------------------------
@@ -135,8 +172,13 @@ class ReasoningRunner:
         ids = torch.full((len(items), P), self.tok.pad_token_id, dtype=torch.long)
         for i, it in enumerate(items):
             ids[i, : len(it.prompt_ids)] = torch.tensor(it.prompt_ids)
-        return TensorBatch({"index": torch.tensor(indices, dtype=torch.long), "prompt_ids": ids,
-                            "prompt_len": torch.tensor([len(it.prompt_ids) for it in items])})
+        return TensorBatch(
+            {
+                "index": torch.tensor(indices, dtype=torch.long),
+                "prompt_ids": ids,
+                "prompt_len": torch.tensor([len(it.prompt_ids) for it in items]),
+            }
+        )
 
     def generate_round(self, stats: Stats) -> TensorBatch | None:
         """Prompts actor -> rollout, groups rollout (-> reward) -> actor; the actor's share back."""
@@ -146,13 +188,17 @@ class ReasoningRunner:
             me, n = self.topo.role_rank("actor"), self.topo.role_size("actor")
             sizes = balanced_sizes(len(global_idx), n)
             start = sum(sizes[:me])
-            handles = self.prompt_ch.send(self._prompt_batch(global_idx[start : start + sizes[me]]), async_op=True)
+            handles = self.prompt_ch.send(
+                self._prompt_batch(global_idx[start : start + sizes[me]]), async_op=True
+            )
         out_handles = None
         if self.rollout is not None:
             prompts = self.prompt_ch.recv()
             if self.actor is not None:
                 self.actor.offload()
-            groups, gstats = self.rollout.generate(prompts, self.g, seed=self.cfg.runner.seed * 100003 + self.step)
+            groups, gstats = self.rollout.generate(
+                prompts, self.g, seed=self.cfg.runner.seed * 100003 + self.step
+            )
             stats.update(gstats)
             if self.rollout.scorer is not None:
                 self._score(self.rollout.scorer, groups, stats)
@@ -182,7 +228,9 @@ class ReasoningRunner:
         """Flatten groups to sequences with per-sequence (or per-token) advantages."""
         a = self.cfg.algorithm
         G, g, L = groups["input_ids"].shape
-        flat = TensorBatch({k: v.reshape(G * g, *v.shape[2:]) for k, v in groups.items() if k != "index"})
+        flat = TensorBatch(
+            {k: v.reshape(G * g, *v.shape[2:]) for k, v in groups.items() if k != "index"}
+        )
         scores = flat["reward"]
         if a.adv_type == "grpo":
             flat["advantages"] = group_advantages(scores, g, normalize_std=a.group_std_normalize)
@@ -195,7 +243,9 @@ class ReasoningRunner:
             tok_r[torch.arange(G * g), last] = scores
             flat["advantages"] = reinforce_pp_advantages(tok_r, mask, gamma=1.0)
         else:
-            raise ValueError("algorithm.adv_type gae needs a critic; reasoning supports grpo, rloo, reinforce++")
+            raise ValueError(
+                "algorithm.adv_type gae needs a critic; reasoning supports grpo, rloo, reinforce++"
+            )
         return flat
 
     def train_step(self, stats: Stats) -> None:
@@ -215,8 +265,11 @@ class ReasoningRunner:
                     kept.append(groups)
                 n_kept = torch.tensor([sum(k.batch_size for k in kept)])
                 dist.all_reduce(n_kept, group=self.topo.group("actor"))
-                more[0] = int(a.dynamic_sampling and int(n_kept) < self.cfg.data.rollout_batch_size
-                              and rounds < a.max_num_gen_batches)
+                more[0] = int(
+                    a.dynamic_sampling
+                    and int(n_kept) < self.cfg.data.rollout_batch_size
+                    and rounds < a.max_num_gen_batches
+                )
             if not a.dynamic_sampling:
                 break
             dist.all_reduce(more, op=dist.ReduceOp.MAX, group=self.topo.group("actor", "rollout"))
@@ -225,14 +278,18 @@ class ReasoningRunner:
         if self.actor is None:
             return
         if not kept:
-            raise RuntimeError("dynamic sampling kept no group on an actor rank; raise max_num_gen_batches")
+            raise RuntimeError(
+                "dynamic sampling kept no group on an actor rank; raise max_num_gen_batches"
+            )
         flat = self.advantages(TensorBatch.cat(kept), stats)
         flat = flat.to(self.topo.device)
         if a.recompute_logprobs:
             rollout_lp = flat["old_logprobs"]
             flat["old_logprobs"] = self.actor.compute_logprobs(flat)
             mask = flat["response_mask"]
-            diff = ((flat["old_logprobs"] - rollout_lp).abs() * mask).sum() / mask.sum().clamp(min=1)
+            diff = ((flat["old_logprobs"] - rollout_lp).abs() * mask).sum() / mask.sum().clamp(
+                min=1
+            )
             add_stat(stats, "train/rollout_logprob_diff", float(diff))
         if self.actor.ref is not None:
             flat["ref_logprobs"] = self.actor.compute_logprobs(flat, reference=True)
@@ -258,8 +315,13 @@ class ReasoningRunner:
             ids = torch.full((len(items), P), self.tok.pad_token_id, dtype=torch.long)
             for k, it in enumerate(items):
                 ids[k, : len(it.prompt_ids)] = torch.tensor(it.prompt_ids)
-            prompts = TensorBatch({"index": torch.tensor(chunk), "prompt_ids": ids,
-                                   "prompt_len": torch.tensor([len(it.prompt_ids) for it in items])})
+            prompts = TensorBatch(
+                {
+                    "index": torch.tensor(chunk),
+                    "prompt_ids": ids,
+                    "prompt_len": torch.tensor([len(it.prompt_ids) for it in items]),
+                }
+            )
             groups, _ = self.rollout.generate(prompts, 1, greedy=True)
             s = scorer.score(groups, [it.answer for it in items])
             add_stat(stats, "eval/accuracy", *s["correct_sum"])
@@ -274,8 +336,14 @@ class ReasoningRunner:
         from rlinf.data.sft import SFTDataset
 
         d = self.cfg.data
-        ds = SFTDataset(d.train_data_paths, self.tok, d.prompt_key, d.response_key,
-                        d.max_prompt_length + self.cfg.algorithm.length_params.max_new_token, d.apply_chat_template)
+        ds = SFTDataset(
+            d.train_data_paths,
+            self.tok,
+            d.prompt_key,
+            d.response_key,
+            d.max_prompt_length + self.cfg.algorithm.length_params.max_new_token,
+            d.apply_chat_template,
+        )
         for group in self.actor.optim.param_groups:
             group["initial_lr_rl"] = group["lr"]
             group["lr"] = w.lr
@@ -298,7 +366,9 @@ class ReasoningRunner:
         if self.actor is not None:
             state["sched"] = self.actor.sched.state_dict()
             actor_state = self.actor.state_dict()
-        self.ckpt.save(self.step, state, actor_state, self.topo.group("actor") if self.actor else None)
+        self.ckpt.save(
+            self.step, state, actor_state, self.topo.group("actor") if self.actor else None
+        )
 
     def resume(self, path) -> None:
         state = ckpt.load_rank_state(path)
@@ -319,8 +389,14 @@ class ReasoningRunner:
         rank0 = self.topo.rank == 0
         if resume is not None:
             self.resume(resume)
-        logger = MetricLogger(self.ctx.output_dir, r.logger.logger_backends, enabled=rank0,
-                              total_steps=self.max_steps, log_interval=r.log_interval, resume_step=self.step)
+        logger = MetricLogger(
+            self.ctx.output_dir,
+            r.logger.logger_backends,
+            enabled=rank0,
+            total_steps=self.max_steps,
+            log_interval=r.log_interval,
+            resume_step=self.step,
+        )
         t_start = time.monotonic()
         reason, early = "", False
         try:
@@ -343,7 +419,9 @@ class ReasoningRunner:
                 if self.step % r.weight_sync_interval == 0:
                     self.sync_weights()
                 t2 = time.monotonic()
-                if r.val_check_interval and (self.step % r.val_check_interval == 0 or self.step == self.max_steps):
+                if r.val_check_interval and (
+                    self.step % r.val_check_interval == 0 or self.step == self.max_steps
+                ):
                     stats.update(self.evaluate())
                 t3 = time.monotonic()
                 for key, dt in (("step", t1 - t0), ("sync", t2 - t1), ("eval", t3 - t2)):
@@ -356,8 +434,15 @@ class ReasoningRunner:
                     m["rollout/tokens_per_s"] = m.get("rollout/tokens_per_s", 0.0) * n_ro
                 logger.log(self.step, m)
                 es = r.early_stop
-                early = rank0 and es.metric in m and (
-                    m[es.metric] >= es.threshold if es.mode == "max" else m[es.metric] <= es.threshold)
+                early = (
+                    rank0
+                    and es.metric in m
+                    and (
+                        m[es.metric] >= es.threshold
+                        if es.mode == "max"
+                        else m[es.metric] <= es.threshold
+                    )
+                )
                 if r.save_interval and self.step % r.save_interval == 0:
                     self.save()
             reason, early = control_vote(self.ctx.stop.reason, early, False)

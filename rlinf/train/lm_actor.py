@@ -33,7 +33,9 @@ def _decoder_block_type(model: torch.nn.Module) -> tuple[type, ...]:
 
 
 class LMActor:
-    def __init__(self, cfg: RLinfConfig, group: dist.ProcessGroup, device: torch.device, total_steps: int):
+    def __init__(
+        self, cfg: RLinfConfig, group: dist.ProcessGroup, device: torch.device, total_steps: int
+    ):
         self.cfg, self.group, self.device = cfg, group, device
         m = cfg.actor.model
         self.world = dist.get_world_size(group)
@@ -47,7 +49,9 @@ class LMActor:
 
         model = load_causal_lm(path, dtype=torch.float32, device=self.device)
         if train and self.cfg.actor.model.gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False}
+            )
         model.config.use_cache = False
         fsdp_cfg = self.cfg.actor.fsdp_config
         if self.device.type == "cuda" and fsdp_cfg.param_dtype is None:
@@ -55,7 +59,9 @@ class LMActor:
 
             fsdp_cfg = replace(fsdp_cfg, param_dtype=self.cfg.actor.model.precision or "bf16")
         if self.world > 1 or self.device.type == "cuda":
-            model = shard_model(model, actor_mesh(self.group, self.device), fsdp_cfg, _decoder_block_type(model))
+            model = shard_model(
+                model, actor_mesh(self.group, self.device), fsdp_cfg, _decoder_block_type(model)
+            )
         if not train:
             model.eval()
             for p in model.parameters():
@@ -66,13 +72,17 @@ class LMActor:
     def _forward(self, model, b: TensorBatch, temperature: float, entropy: bool = False):
         ids, attn = b["input_ids"], b["attention_mask"]
         pos = (attn.long().cumsum(-1) - 1).clamp(min=0)
-        logits = model(input_ids=ids, attention_mask=attn.long(), position_ids=pos, use_cache=False).logits
+        logits = model(
+            input_ids=ids, attention_mask=attn.long(), position_ids=pos, use_cache=False
+        ).logits
         logits = logits[:, :-1].float()
         lp = logprobs_from_logits(logits, ids[:, 1:], temperature=temperature)
         lp = torch.nn.functional.pad(lp, (1, 0))  # position j holds log p(token j | < j)
         ent = None
         if entropy:  # with grad only when it is a loss term
-            with torch.set_grad_enabled(torch.is_grad_enabled() and self.cfg.algorithm.entropy_bonus > 0):
+            with torch.set_grad_enabled(
+                torch.is_grad_enabled() and self.cfg.algorithm.entropy_bonus > 0
+            ):
                 ent = torch.nn.functional.pad(entropy_from_logits(logits / temperature), (1, 0))
         return lp, ent
 
@@ -83,7 +93,10 @@ class LMActor:
         t = self.cfg.algorithm.sampling_params.temperature_train
         micro = self.cfg.actor.micro_batch_size
         n_micro = self._agreed_chunks(b.batch_size, micro)
-        outs = [self._forward(model, b[idx], t)[0] for idx in _index_chunks(b.batch_size, n_micro, self.device)]
+        outs = [
+            self._forward(model, b[idx], t)[0]
+            for idx in _index_chunks(b.batch_size, n_micro, self.device)
+        ]
         return torch.cat(outs)
 
     def _agreed_chunks(self, n_local: int, size: int) -> int:
@@ -92,8 +105,10 @@ class LMActor:
         dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self.group)
         chunks = int(t.item())
         if n_local < chunks:
-            raise RuntimeError(f"actor rank has {n_local} sequences but must run {chunks} micro-batches; "
-                               "balance data.rollout_batch_size over the actor ranks")
+            raise RuntimeError(
+                f"actor rank has {n_local} sequences but must run {chunks} micro-batches; "
+                "balance data.rollout_batch_size over the actor ranks"
+            )
         return chunks
 
     # -- update -------------------------------------------------------------------------------
@@ -139,12 +154,22 @@ class LMActor:
         adv = mb["advantages"]
         adv = adv.unsqueeze(-1).expand_as(lp) if adv.dim() == 1 else adv
         pg, pm = ppo_policy_loss(
-            lp, mb["old_logprobs"], adv, mask, clip_ratio_low=a.clip_ratio_low, clip_ratio_high=a.clip_ratio_high,
-            clip_ratio_c=a.clip_ratio_c, loss_agg_mode=a.loss_agg_func, denom=denom,
+            lp,
+            mb["old_logprobs"],
+            adv,
+            mask,
+            clip_ratio_low=a.clip_ratio_low,
+            clip_ratio_high=a.clip_ratio_high,
+            clip_ratio_c=a.clip_ratio_c,
+            loss_agg_mode=a.loss_agg_func,
+            denom=denom,
         )
         loss = pg
-        metrics = {"train/policy_loss": float(pg), "train/clip_frac": float(pm["clip_frac"]),
-                   "train/approx_kl": float(pm["approx_kl"])}
+        metrics = {
+            "train/policy_loss": float(pg),
+            "train/clip_frac": float(pm["clip_frac"]),
+            "train/approx_kl": float(pm["approx_kl"]),
+        }
         if ent is not None:
             metrics["train/entropy"] = float(masked_mean(ent.detach(), mask))
             if a.entropy_bonus > 0:
@@ -209,7 +234,9 @@ class LMActor:
     def load_state_dict(self, state: dict) -> None:
         from torch.distributed.checkpoint.state_dict import set_state_dict
 
-        set_state_dict(self.model, self.optim, model_state_dict=state["model"], optim_state_dict=state["optim"])
+        set_state_dict(
+            self.model, self.optim, model_state_dict=state["model"], optim_state_dict=state["optim"]
+        )
 
     def export(self, out_dir: str, tokenizer) -> None:
         """Gather the full weights (collective) and write an HF directory on actor rank 0."""
@@ -224,7 +251,9 @@ class LMActor:
 
             cfg_path = Path(out_dir) / "config.json"
             conf = json.loads(cfg_path.read_text())
-            conf["architectures"] = [a.removeprefix("FSDP") for a in conf.get("architectures") or []]
+            conf["architectures"] = [
+                a.removeprefix("FSDP") for a in conf.get("architectures") or []
+            ]
             cfg_path.write_text(json.dumps(conf, indent=2))
 
 

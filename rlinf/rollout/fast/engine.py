@@ -46,7 +46,8 @@ def _resolve_source(model_or_path: Any) -> tuple[Any, Callable[[], Iterable] | N
 
         path = str(model_or_path)
         config = AutoConfig.from_pretrained(path, local_files_only=True)
-        return config, lambda: iter_checkpoint(path), getattr(config, "torch_dtype", None)
+        hint = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+        return config, lambda: iter_checkpoint(path), hint
     if hasattr(model_or_path, "state_dict") and hasattr(model_or_path, "config"):
         model = model_or_path
         dtype = next(model.parameters()).dtype
@@ -72,9 +73,10 @@ def _dtype(value: Any, default: torch.dtype) -> torch.dtype:
         "fp32": torch.float32,
         "float32": torch.float32,
     }
-    if str(value) not in names:
+    key = str(value).removeprefix("torch.")
+    if key not in names:
         raise ValueError(f"rollout dtype must be one of {sorted(names)}, got {value!r}")
-    return names[str(value)]
+    return names[key]
 
 
 class FastEngine(RolloutEngine):
@@ -97,6 +99,8 @@ class FastEngine(RolloutEngine):
             it can run.
         triton_ops: run the pointwise ops and sampling as fused Triton kernels (CUDA only).
         eos_token_id: EOS id(s); default from the model config.
+        name_mapping: renames incoming weight names before they are mapped onto the fused
+            parameters (None drops a tensor); also settable later as ``engine.name_mapping``.
     """
 
     def __init__(
@@ -114,6 +118,7 @@ class FastEngine(RolloutEngine):
         decode_attn_impl: str = "auto",
         triton_ops: bool = True,
         eos_token_id: int | Iterable[int] | None = None,
+        name_mapping: Callable[[str], str | None] | None = None,
     ) -> None:
         if decode_attn_impl not in (*DECODE_ATTN_IMPLS, "auto"):
             raise ValueError(
@@ -132,8 +137,11 @@ class FastEngine(RolloutEngine):
         config, weights, dtype_hint = _resolve_source(model_or_path)
         self.spec: ModelSpec = spec_from_hf_config(config)
         on_cuda = self.device.type == "cuda"
-        hint = dtype_hint if isinstance(dtype_hint, torch.dtype) else None
-        default_dtype = (hint or torch.bfloat16) if on_cuda else torch.float32
+        try:
+            hint = _dtype(dtype_hint, torch.bfloat16)
+        except ValueError:
+            hint = torch.bfloat16
+        default_dtype = hint if on_cuda else torch.float32
         self.dtype = _dtype(dtype, default_dtype)
         self.max_seq_len = int(max_seq_len or min(self.spec.max_position_embeddings, 4096))
         if self.max_seq_len < 2:
@@ -157,8 +165,7 @@ class FastEngine(RolloutEngine):
         self.use_graphs = enable_cuda_graphs and on_cuda
         self.gpu_memory_utilization = gpu_memory_utilization
         self.requested_slots = max_num_seqs
-        # Renames incoming weight names before they are mapped (None drops a tensor).
-        self.name_mapping: Callable[[str], str | None] | None = None
+        self.name_mapping = name_mapping
 
         self.model = self._build_model(config, weights)
         self.cache: KVCache | None = None

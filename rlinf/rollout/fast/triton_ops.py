@@ -44,6 +44,7 @@ def add_rms_norm(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(rms_norm(x + residual), x + residual); see ``ops.add_rms_norm``."""
     n, h = x_nh.shape
+    assert x_nh.stride(-1) == 1 and (residual_nh is None or residual_nh.stride(-1) == 1)
     out = torch.empty_like(x_nh)
     res_out = torch.empty_like(x_nh) if residual_nh is not None else x_nh
     r = residual_nh if residual_nh is not None else x_nh
@@ -152,6 +153,7 @@ def qkv_rope(
     are also written into the cache."""
     n = qkv_nf.shape[0]
     d = cos_table.shape[-1]
+    assert qkv_nf.stride(-1) == 1 and cos_table.is_contiguous()
     dev, dt = qkv_nf.device, qkv_nf.dtype
     q = torch.empty(n, num_heads, d, dtype=dt, device=dev)
     k = torch.empty(n, num_kv_heads, d, dtype=dt, device=dev)
