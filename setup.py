@@ -4,6 +4,8 @@ Install torch first (`pip install torch==2.13.0` on CPU machines, or your cluste
 then `pip install -e ".[embodied]"`, `".[reason]"` or `".[test]"`.
 """
 
+from pathlib import Path
+
 from setuptools import find_packages, setup
 
 EMBODIED = ["gymnasium[mujoco]>=1.0"]
@@ -36,7 +38,7 @@ setup(
     name="rlinf",
     version="0.1.0",
     description="Distributed RL post-training for embodied and reasoning policies, as one SPMD program",
-    long_description=open("README.md", encoding="utf-8").read(),
+    long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["rlinf", "rlinf.*"]),

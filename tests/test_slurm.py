@@ -51,8 +51,9 @@ def test_math_32node_dry_run_prints_256_rank_map_and_srun_line():
     p = _dry_run("train_math_32node.sh")
     assert p.returncode == 0, p.stdout + p.stderr
     assert "world_size=256 num_nodes=32" in p.stdout
-    # every one of the 256 ranks is accounted for in the map (folded into runs of ranks)
-    assert re.search(r"process\(es\): global ranks 0-255", p.stdout), p.stdout
+    # every one of the 256 ranks is accounted for: actor on nodes 0-15, rollout on 16-31
+    assert re.search(r"actor +128 process\(es\): global ranks 0-127", p.stdout), p.stdout
+    assert re.search(r"rollout +128 process\(es\): global ranks 128-255", p.stdout), p.stdout
     line = re.search(
         r"this script runs \(32 nodes x 8 tasks = 256 ranks\):\n\s+(srun .*)", p.stdout
     )

@@ -15,7 +15,7 @@ class SyntheticDataConfig:
     n_val: int = 200
     seed: int = 0
     max_digits: int = 1  # operand size: 1 keeps the CPU demo learnable by a tiny model
-    ops: str = "+-*"
+    ops: list[str] = field(default_factory=lambda: ["+", "-", "*"])  # also "max", "min"
 
 
 @dataclass

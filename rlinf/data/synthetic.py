@@ -19,7 +19,14 @@ from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
-OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
+OPS = {
+    "+": lambda a, b: a + b,
+    "-": lambda a, b: a - b,
+    "*": lambda a, b: a * b,
+    "max": max,  # "Which is larger, 37 or 52?": a comparison a tiny model can learn in general
+    "min": min,
+}
+_WORDED = {"max": "Which is larger, {a} or {b}?", "min": "Which is smaller, {a} or {b}?"}
 
 
 def _operand(rng: random.Random, max_digits: int) -> int:
@@ -31,8 +38,9 @@ def _operand(rng: random.Random, max_digits: int) -> int:
 def arithmetic_problem(a: int, op: str, b: int) -> dict[str, str]:
     """One row: ``prompt``, ``answer`` (the number as text) and ``solution`` (boxed answer)."""
     answer = str(OPS[op](a, b))
+    prompt = _WORDED[op].format(a=a, b=b) if op in _WORDED else f"What is {a} {op} {b}?"
     return {
-        "prompt": f"What is {a} {op} {b}?",
+        "prompt": prompt,
         "answer": answer,
         "solution": f"\\boxed{{{answer}}}",
     }

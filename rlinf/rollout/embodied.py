@@ -1,10 +1,11 @@
 """The rollout role for embodied runs: the policy copy that answers env ranks with actions.
 
 It records what training needs (observations, actions, log-probs, values, rewards, episode
-ends, and the value of the observation after each step — the true final observation where an
-episode ended, so truncation bootstraps correctly) and, at the end of the horizon, turns the
-trajectory into advantages and returns: GAE, or group-relative (GRPO) scores of one episode
-per env. Advantages are computed here, on whole per-env sequences, so the batch that goes to
+ends) and, at the end of the horizon, turns the trajectory into advantages and returns: GAE,
+or group-relative (GRPO) scores of one episode per env. GAE needs the value of the observation
+after each step: that is the value of the next acting step (computed by ``act`` anyway), except
+where an episode ended, where it is the value of the true final observation (only those rows
+run the critic), and after the last step, where :meth:`record_last_obs` runs it once. Advantages are computed here, on whole per-env sequences, so the batch that goes to
 the actor can be split anywhere.
 """
 
@@ -13,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from rlinf.algorithms import episode_mask, gae, group_advantages
+from rlinf.algorithms import episode_mask, gae, group_advantages, next_values_from
 from rlinf.config.algorithm import AlgorithmConfig
 from rlinf.dist.batch import TensorBatch
 
@@ -38,6 +39,7 @@ class EmbodiedRollout:
     def begin(self, num_stages: int) -> None:
         """Start a horizon: per stage, a list of per-step records."""
         self._steps = [[] for _ in range(num_stages)]
+        self._last_value: list[torch.Tensor | None] = [None] * num_stages
 
     def record_action(self, stage: int, obs: torch.Tensor, out) -> None:
         self._steps[stage].append(
@@ -51,16 +53,25 @@ class EmbodiedRollout:
 
     @torch.no_grad()
     def record_outcome(self, stage: int, msg: TensorBatch) -> None:
-        """Attach the outcome of the last recorded step of ``stage`` (reward, ends, next value)."""
+        """Attach the outcome of the last recorded step of ``stage`` (reward, ends, and the
+        value of the true final observation where an episode ended)."""
         rec = self._steps[stage][-1]
         done = msg["done"].to(self.device)
-        obs = msg["obs"].to(self.device)
         if self.algo.adv_type == "gae":
-            next_obs = torch.where(_rows(done, obs), msg["final_obs"].to(self.device), obs)
-            rec["next_value"] = self.value(next_obs)
+            final_value = torch.zeros_like(rec["value"])
+            if bool(done.any()):
+                rows = done.nonzero().squeeze(-1)
+                final_value[rows] = self.value(msg["final_obs"].to(self.device)[rows])
+            rec["final_value"] = final_value
         rec["reward"] = msg["reward"].to(self.device)
         rec["terminated"] = msg["terminated"].to(self.device)
         rec["done"] = done
+
+    @torch.no_grad()
+    def record_last_obs(self, stage: int, obs: torch.Tensor) -> None:
+        """The observation after the horizon's last step: its value bootstraps GAE."""
+        if self.algo.adv_type == "gae" and self._steps[stage]:
+            self._last_value[stage] = self.value(obs)
 
     def finish(self) -> TensorBatch:
         """Stack the horizon ([T, N] per key, stages side by side) and compute advantages.
@@ -70,8 +81,14 @@ class EmbodiedRollout:
         stages = [
             {k: torch.stack([r[k] for r in steps]) for k in steps[0]} for steps in self._steps
         ]
-        traj = {k: torch.cat([s[k] for s in stages], dim=1) for k in stages[0]}
         a = self.algo
+        if a.adv_type == "gae":
+            for st, last in zip(stages, self._last_value, strict=True):
+                assert last is not None, "record_last_obs() was not called for a stage"
+                st["next_value"] = next_values_from(
+                    st["value"], last, st["done"], st.pop("final_value")
+                )
+        traj = {k: torch.cat([s[k] for s in stages], dim=1) for k in stages[0]}
         if a.adv_type == "gae":
             adv, ret = gae(
                 traj["reward"],
@@ -98,7 +115,7 @@ class EmbodiedRollout:
             ret = torch.zeros_like(adv)
         T, N = adv.shape
         flat = lambda x: x.reshape(T * N, *x.shape[2:])  # noqa: E731
-        self._steps = []
+        self._steps, self._last_value = [], []
         return TensorBatch(
             {
                 "obs": flat(traj["obs"]),

@@ -200,11 +200,12 @@ class EmbodiedRunner:
             self._parts[s] = [p.batch_size for p in parts]
             parts = self._parts[s]
         if last:
+            ro.record_last_obs(s, obs)
             return
         out = ro.act(obs)
         ro.record_action(s, obs, out)
         reply = TensorBatch({"env_action": out.env_action.cpu()})
-        self.act_ch.send_parts(reply.split(parts))
+        self.act_ch.send_parts(reply.split(parts) if len(parts) > 1 else [reply])
 
     def evaluate(self) -> Stats:
         """Deterministic episodes on the eval envs, one per env; stops once all have ended."""

@@ -5,12 +5,10 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.distributed.fsdp import register_fsdp_forward_method
 
 from rlinf.algorithms import masked_mean, normalize_advantages, ppo_policy_loss, value_loss
 from rlinf.config import RLinfConfig
 from rlinf.dist.batch import TensorBatch, balanced_sizes
-from rlinf.train.fsdp import actor_mesh, clip_grad_norm, shard_model
 from rlinf.train.optim import build_optimizer, build_scheduler
 
 
@@ -51,7 +49,12 @@ class EmbodiedActor:
         self.device = device
         self.num_minibatches = num_minibatches
         model = model.to(device)
-        if dist.get_world_size(group) > 1:
+        self.sharded = dist.get_world_size(group) > 1
+        if self.sharded:  # FSDP imported only here: its import alone takes seconds
+            from torch.distributed.fsdp import register_fsdp_forward_method
+
+            from rlinf.train.fsdp import actor_mesh, shard_model
+
             self.model = shard_model(model, actor_mesh(group, device), cfg.actor.fsdp_config)
             for method in ("act", "evaluate", "value"):
                 register_fsdp_forward_method(self.model, method)
@@ -99,8 +102,7 @@ class EmbodiedActor:
                         logs.setdefault(k, []).append(v)
                     count += 1
                     epoch_kl.append(m["train/approx_kl"])
-                grad_norm = clip_grad_norm(self.model, self.cfg.actor.optim.clip_grad)
-                grad_norms += [grad_norm] * n_micro
+                grad_norms += [self._clip_grad_norm()] * n_micro
                 self.optim.step()
                 self.sched.step()
             if a.target_kl is not None:
@@ -112,6 +114,18 @@ class EmbodiedActor:
         out["train/grad_norm"] = (sum(grad_norms), count)
         out["train/lr"] = (self.sched.get_last_lr()[0], 1)
         return out
+
+    def _clip_grad_norm(self) -> float:
+        """Global grad-norm clipping (over the shards when sharded); the norm before."""
+        max_norm = self.cfg.actor.optim.clip_grad
+        if self.sharded:
+            from rlinf.train.fsdp import clip_grad_norm
+
+            return clip_grad_norm(self.model, max_norm)
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        if not params:
+            return 0.0
+        return float(torch.nn.utils.clip_grad_norm_(params, max_norm or float("inf")))
 
     def _loss(
         self, mb: dict[str, torch.Tensor], use_value: bool, weight: float, masked: bool
