@@ -94,3 +94,22 @@ def test_missing_model_path_is_a_clear_error(tmp_path):
     )
     assert p.returncode != 0
     assert "actor.model.model_path: is required" in p.stderr
+
+
+def test_sft_tiny_lowers_eval_loss_and_exports(tmp_path):
+    out = tmp_path / "sft"
+    p = torchrun(
+        2,
+        "sft_tiny.yaml",
+        f"runner.output_dir={out}",
+        f"actor.model.model_path={out}/tiny_lm",
+        "runner.max_steps=30",
+        "runner.val_check_interval=15",
+        "data.synthetic.n_train=400",
+        "data.synthetic.n_val=40",
+        timeout=400,
+    )
+    assert p.returncode == 0, p.stderr[-4000:]
+    losses = [r["eval/loss"] for r in rows(out) if "eval/loss" in r]
+    assert len(losses) == 3 and losses[-1] < 0.5 * losses[0], losses
+    assert (out / "hf_model" / "model.safetensors").is_file()

@@ -16,6 +16,8 @@ CONSOLE_KEYS = (
     "env/return_mean",
     "eval/return_mean",
     "eval/success_rate",
+    "train/loss",
+    "eval/loss",
     "train/reward_mean",
     "train/accuracy",
     "eval/accuracy",
