@@ -283,7 +283,8 @@ class ReasoningRunner:
             )
         flat = self.advantages(TensorBatch.cat(kept), stats)
         flat = flat.to(self.topo.device)
-        if a.recompute_logprobs:
+        on_policy = self.actor.on_policy(flat.batch_size)
+        if a.recompute_logprobs and not on_policy:
             rollout_lp = flat["old_logprobs"]
             flat["old_logprobs"] = self.actor.compute_logprobs(flat)
             mask = flat["response_mask"]
@@ -293,7 +294,7 @@ class ReasoningRunner:
             add_stat(stats, "train/rollout_logprob_diff", float(diff))
         if self.actor.ref is not None:
             flat["ref_logprobs"] = self.actor.compute_logprobs(flat, reference=True)
-        stats.update(self.actor.update(flat))
+        stats.update(self.actor.update(flat, on_policy=on_policy))
 
     def evaluate(self) -> Stats:
         """Greedy answers to this rollout rank's share of the held-out prompts."""

@@ -112,14 +112,26 @@ class LMActor:
         return chunks
 
     # -- update -------------------------------------------------------------------------------
-    def update(self, b: TensorBatch) -> dict[str, tuple[float, int]]:
+    def num_minibatches(self, n_local: int) -> int:
+        """Optimizer steps per epoch: the global sequence count over actor.global_batch_size."""
+        total = torch.tensor([n_local], device=self.device)
+        dist.all_reduce(total, group=self.group)
+        return max(1, int(total.item()) // self.cfg.actor.global_batch_size)
+
+    def on_policy(self, n_local: int) -> bool:
+        """One epoch of one minibatch: the policy being updated is the one that sampled, so the
+        old log-probs equal the current ones and need no separate forward pass."""
+        return self.cfg.algorithm.update_epoch == 1 and self.num_minibatches(n_local) == 1
+
+    def update(self, b: TensorBatch, on_policy: bool = False) -> dict[str, tuple[float, int]]:
+        """PPO-style update. ``on_policy``: old log-probs are the current ones (detached), and
+        ``b["old_logprobs"]`` (the rollout's) only feed the rollout/train mismatch metric."""
         a, act = self.cfg.algorithm, self.cfg.actor
         b = b.to(self.device)
-        total = torch.tensor([b.batch_size], device=self.device)
-        dist.all_reduce(total, group=self.group)
-        num_mb = max(1, int(total.item()) // act.global_batch_size)
+        num_mb = self.num_minibatches(b.batch_size)
         temperature = a.sampling_params.temperature_train
         sums: dict[str, float] = {}
+        counts: dict[str, int] = {}
         count = 0
         gen = torch.Generator().manual_seed(self.sched.last_epoch)
         for _ in range(a.update_epoch):
@@ -135,27 +147,34 @@ class LMActor:
                 self.optim.zero_grad(set_to_none=True)
                 n_micro = self._agreed_chunks(mb.batch_size, act.micro_batch_size)
                 for idx in _index_chunks(mb.batch_size, n_micro, self.device):
-                    m = self._micro_loss(mb[idx], temperature, d)
+                    m = self._micro_loss(mb[idx], temperature, d, on_policy, entropy=count == 0)
                     for k, v in m.items():
                         sums[k] = sums.get(k, 0.0) + v
+                        counts[k] = counts.get(k, 0) + 1
                     count += 1
                 gn = clip_grad_norm(self.model, act.optim.clip_grad)
-                sums["train/grad_norm"] = sums.get("train/grad_norm", 0.0) + gn * n_micro
+                sums["train/grad_norm"] = sums.get("train/grad_norm", 0.0) + gn
+                counts["train/grad_norm"] = counts.get("train/grad_norm", 0) + 1
                 self.optim.step()
                 self.sched.step()
-        out = {k: (v, count) for k, v in sums.items()}
+        out = {k: (v, counts[k]) for k, v in sums.items()}
         out["train/lr"] = (self.sched.get_last_lr()[0], 1)
         return out
 
-    def _micro_loss(self, mb: TensorBatch, temperature: float, denom: float) -> dict[str, float]:
+    def _micro_loss(
+        self, mb: TensorBatch, temperature: float, denom: float, on_policy: bool, entropy: bool
+    ) -> dict[str, float]:
+        """Loss of one micro-batch (backward included). Entropy is computed where it is a loss
+        term, else on the first micro-batch of the update only, as a metric sample."""
         a = self.cfg.algorithm
         mask = mb["response_mask"]
-        lp, ent = self._forward(self.model, mb, temperature, entropy=True)
+        lp, ent = self._forward(self.model, mb, temperature, entropy=entropy or a.entropy_bonus > 0)
         adv = mb["advantages"]
         adv = adv.unsqueeze(-1).expand_as(lp) if adv.dim() == 1 else adv
+        old = lp.detach() if on_policy else mb["old_logprobs"]
         pg, pm = ppo_policy_loss(
             lp,
-            mb["old_logprobs"],
+            old,
             adv,
             mask,
             clip_ratio_low=a.clip_ratio_low,
@@ -170,6 +189,9 @@ class LMActor:
             "train/clip_frac": float(pm["clip_frac"]),
             "train/approx_kl": float(pm["approx_kl"]),
         }
+        if on_policy:
+            diff = ((lp.detach() - mb["old_logprobs"]).abs() * mask).sum() / mask.sum().clamp(min=1)
+            metrics["train/rollout_logprob_diff"] = float(diff)
         if ent is not None:
             metrics["train/entropy"] = float(masked_mean(ent.detach(), mask))
             if a.entropy_bonus > 0:
