@@ -14,8 +14,7 @@ from rlinf.algorithms import overlong_penalty
 from rlinf.config import RLinfConfig
 from rlinf.dist.batch import TensorBatch
 from rlinf.rollout.base import SamplingParams
-
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+from rlinf.utils.dtypes import DTYPES
 
 
 def build_lm_engine(cfg: RLinfConfig, device: torch.device, tokenizer):

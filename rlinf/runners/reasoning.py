@@ -34,10 +34,10 @@ from rlinf.dist.weight_sync import WeightSync
 from rlinf.runners.base import RunContext
 from rlinf.runners.common import Stats, add_stat, control_vote, gather_metrics, seed_everything
 from rlinf.train import checkpoint as ckpt
+from rlinf.utils.dtypes import DTYPES
 from rlinf.utils.metrics import MetricLogger
 
 log = logging.getLogger(__name__)
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def prepare_assets(cfg, output_dir: str) -> None:

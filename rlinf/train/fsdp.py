@@ -9,8 +9,7 @@ from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
 from rlinf.config.actor import FSDPConfig
-
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+from rlinf.utils.dtypes import DTYPES
 
 
 def actor_mesh(group: dist.ProcessGroup, device: torch.device) -> DeviceMesh:

@@ -23,7 +23,7 @@ from rlinf.algorithms import (
 from rlinf.algorithms.losses import aggregate
 from rlinf.config import RLinfConfig
 from rlinf.dist.batch import TensorBatch, balanced_sizes
-from rlinf.train.fsdp import DTYPES, actor_mesh, clip_grad_norm, full_state_dict, shard_model
+from rlinf.train.fsdp import actor_mesh, clip_grad_norm, full_state_dict, shard_model
 from rlinf.train.optim import build_optimizer, build_scheduler
 
 
@@ -283,4 +283,4 @@ def _index_chunks(n: int, parts: int, device: torch.device) -> list[torch.Tensor
     return list(torch.arange(n, device=device).split(balanced_sizes(n, parts)))
 
 
-__all__ = ["LMActor", "DTYPES"]
+__all__ = ["LMActor"]
