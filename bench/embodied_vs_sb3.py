@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -145,10 +146,7 @@ def run_ours(s: dict, args, seed: int, workdir: Path) -> dict:
         *overrides,
     ]
     log = workdir / f"ours_seed{seed}.log"
-    t0 = time.time()
-    with open(log, "w") as f:
-        proc = subprocess.run(cmd, cwd=REPO, env=_child_env(args), stdout=f, stderr=f)
-    wall = time.time() - t0
+    t0, proc, host = _timed_run(cmd, log, args)
     if proc.returncode != 0:
         raise RuntimeError(f"our run failed (exit {proc.returncode}); see {log}")
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
@@ -164,7 +162,7 @@ def run_ours(s: dict, args, seed: int, workdir: Path) -> dict:
         for r in rows
         if (ret := r.get("eval/return_mean")) is not None
     ]
-    return _summary("ours", seed, env_steps, train_wall, rollout_s, wall, evals, args.target)
+    return _summary("ours", seed, env_steps, train_wall, rollout_s, host, evals, args.target)
 
 
 # -- stable-baselines3 -------------------------------------------------------------------------
@@ -175,10 +173,7 @@ def run_sb3(s: dict, args, seed: int, workdir: Path) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--sb3-worker", json.dumps(job)]
     cmd += ["--out", str(record)]
     log = workdir / f"sb3_seed{seed}.log"
-    t0 = time.time()
-    with open(log, "w") as f:
-        proc = subprocess.run(cmd, cwd=REPO, env=_child_env(args), stdout=f, stderr=f)
-    wall = time.time() - t0
+    t0, proc, host = _timed_run(cmd, log, args)
     if proc.returncode != 0:
         raise RuntimeError(f"the SB3 run failed (exit {proc.returncode}); see {log}")
     r = json.loads(record.read_text())
@@ -186,7 +181,7 @@ def run_sb3(s: dict, args, seed: int, workdir: Path) -> dict:
     for e in evals:
         del e["time"]
     return _summary(
-        "sb3", seed, r["env_steps"], r["train_wall_s"], r["rollout_s"], wall, evals, args.target
+        "sb3", seed, r["env_steps"], r["train_wall_s"], r["rollout_s"], host, evals, args.target
     )
 
 
@@ -306,7 +301,23 @@ def sb3_worker(job: dict, out: str) -> None:
 
 
 # -- report ----------------------------------------------------------------------------------
-def _summary(side, seed, env_steps, train_wall, rollout_s, wall, evals, target) -> dict:
+def _timed_run(cmd: list[str], log: Path, args) -> tuple[float, subprocess.CompletedProcess, dict]:
+    """Run ``cmd`` to completion; its start time, result, and what the host saw meanwhile
+    (wall and CPU seconds of the process tree, load averages: the machine may be shared)."""
+    load0 = os.getloadavg()[0]
+    cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.time()
+    with open(log, "w") as f:
+        proc = subprocess.run(cmd, cwd=REPO, env=_child_env(args), stdout=f, stderr=f)
+    wall = time.time() - t0
+    cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = cpu1.ru_utime - cpu0.ru_utime + cpu1.ru_stime - cpu0.ru_stime
+    host = {"process_wall_s": wall, "process_cpu_s": cpu}
+    host["loadavg_1min_before_after"] = [load0, os.getloadavg()[0]]
+    return t0, proc, host
+
+
+def _summary(side, seed, env_steps, train_wall, rollout_s, host, evals, target) -> dict:
     hit = next((e for e in evals if e["return"] >= target), None)
     return {
         "side": side,
@@ -315,7 +326,7 @@ def _summary(side, seed, env_steps, train_wall, rollout_s, wall, evals, target) 
         "env_steps_per_s": env_steps / train_wall,
         "rollout_env_steps_per_s": env_steps / rollout_s,
         "train_wall_s": train_wall,
-        "process_wall_s": wall,
+        **host,
         "time_to_target_s": hit["time_s"] if hit else None,
         "steps_to_target": hit["env_steps"] if hit else None,
         "best_eval_return": max((e["return"] for e in evals), default=None),

@@ -13,9 +13,12 @@ communication or copies (also when only some ranks are colocated). On the wire
 (:func:`encode_batch`), a batch is a fixed-size header (the JSON spec of names, dtypes, shapes
 and ``meta``, plus the small CPU tensors when they fit: a small CPU batch is one message), then
 one message per device packing the other small tensors, then one message per large tensor. The
-receiver needs no prior knowledge of the batch. CUDA tensors go over NCCL and CPU tensors over
-gloo in the same group (``cpu:gloo,cuda:nccl``); the header travels on CPU whenever the group
-has gloo.
+receiver needs no prior knowledge of the batch. When a batch has the same layout (names, dtypes,
+shapes, devices, meta) as the previous one sent to the same peer, as every env step's does, the
+header is compact instead: a marker and the layout's id, no JSON; both sides keep the last
+layout per peer (messages between two ranks arrive in order). CUDA tensors go over NCCL and CPU
+tensors over gloo in the same group (``cpu:gloo,cuda:nccl``); the header travels on CPU
+whenever the group has gloo.
 """
 
 from __future__ import annotations

@@ -30,9 +30,12 @@ class EpisodeStats:
     lengths: list[int] = field(default_factory=list)
     successes: list[bool] = field(default_factory=list)
 
-    def add(self, res: StepResult) -> None:
-        done = res.done
-        if not bool(done.any()):
+    def add(
+        self, res: StepResult, done: torch.Tensor | None = None, any_done: bool | None = None
+    ) -> None:
+        """Count the episodes that ended in ``res`` (``done``, ``any_done``: if known)."""
+        done = res.done if done is None else done
+        if not (bool(done.any()) if any_done is None else any_done):
             return
         self.returns += res.episode_return[done].tolist()
         self.lengths += res.episode_length[done].tolist()
@@ -112,6 +115,7 @@ class EnvWorker:
         )
         self.stats = EpisodeStats()
         self._finished = [False] * num_stages
+        self._eval: BatchedEnv | None = None  # the eval envs, kept between evaluations
 
     # -- train --------------------------------------------------------------------------
     def _norm(self, obs: torch.Tensor, update: bool) -> torch.Tensor:
@@ -130,19 +134,22 @@ class EnvWorker:
     def step(self, stage: int, env_action: torch.Tensor) -> TensorBatch:
         """Step one stage; the message carries the next obs and this step's outcome."""
         res = self.stages[stage].step(env_action)
-        self._finished[stage] = bool(res.finished.all())
-        self.stats.add(res)
+        done = res.done
+        any_done = bool(done.any())
+        if not self.auto_reset:  # with auto-reset no env ever waits for a reset
+            self._finished[stage] = bool(res.finished.all())
+        self.stats.add(res, done, any_done)
         reward = res.reward
         if self.rew_scale is not None:
-            reward = self.rew_scale[stage](reward, res.done)
+            reward = self.rew_scale[stage](reward, done)
         obs = self._norm(res.obs, update=True)
-        final_obs = self._norm(res.final_obs, update=False) if bool(res.done.any()) else obs
+        final_obs = self._norm(res.final_obs, update=False) if any_done else obs
         return TensorBatch(
             {
                 "obs": obs,
                 "reward": reward.float(),
                 "terminated": res.terminated,
-                "done": res.done,
+                "done": done,
                 "final_obs": final_obs,
             }
         )
@@ -157,12 +164,22 @@ class EnvWorker:
         return out
 
     # -- eval ---------------------------------------------------------------------------
-    def eval_envs(self, num_env_ranks: int) -> BatchedEnv:
-        """Fresh eval envs: one episode each, same seeds every evaluation (comparable numbers)."""
+    def eval_start(self, num_env_ranks: int) -> tuple[BatchedEnv, torch.Tensor]:
+        """This rank's eval envs and their first observations, the same initial states every
+        evaluation (comparable numbers). Gym envs are built once (simulators are slow to
+        build) and reset to the seeds a fresh build would use; other adapters are rebuilt."""
+        from rlinf.envs.gym_env import GymBatchedEnv, episode_seed
+
         n = max(1, self.eval_cfg.total_num_envs // num_env_ranks)
-        return build_envs(
-            self.eval_cfg, n, self.eval_cfg.seed * 7919 + 104_729 + self.env_rank, auto_reset=False
-        )
+        base = self.eval_cfg.seed * 7919 + 104_729 + self.env_rank
+        envs = self._eval
+        if not isinstance(envs, GymBatchedEnv) or envs.num_envs != n:
+            if envs is not None:
+                envs.close()
+            self._eval = envs = build_envs(self.eval_cfg, n, base, auto_reset=False)
+            return envs, envs.reset()
+        group = max(1, self.eval_cfg.group_size)
+        return envs, envs.reset(seeds=[episode_seed(base, i // group, 0) for i in range(n)])
 
     def eval_obs(self, obs: torch.Tensor) -> torch.Tensor:
         return self._norm(obs, update=False)
@@ -190,3 +207,6 @@ class EnvWorker:
     def close(self) -> None:
         for env in self.stages:
             env.close()
+        if self._eval is not None:
+            self._eval.close()
+            self._eval = None

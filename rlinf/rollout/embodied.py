@@ -5,8 +5,9 @@ ends) and, at the end of the horizon, turns the trajectory into advantages and r
 or group-relative (GRPO) scores of one episode per env. GAE needs the value of the observation
 after each step: that is the value of the next acting step (computed by ``act`` anyway), except
 where an episode ended, where it is the value of the true final observation (only those rows
-run the critic), and after the last step, where :meth:`record_last_obs` runs it once. Advantages are computed here, on whole per-env sequences, so the batch that goes to
-the actor can be split anywhere.
+run the critic, so truncation bootstraps correctly), and after the last step, where
+:meth:`record_last_obs` runs it once. Advantages are computed here, on whole per-env
+sequences, so the batch that goes to the actor can be split anywhere.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ class EmbodiedRollout:
         self.algo = algo
         self.version = -1
         self._steps: list[dict[str, torch.Tensor]] = []
+        self._zeros: dict[torch.Size, torch.Tensor] = {}
 
     @torch.no_grad()
     def act(self, obs: torch.Tensor, deterministic: bool = False):
@@ -58,10 +60,14 @@ class EmbodiedRollout:
         rec = self._steps[stage][-1]
         done = msg["done"].to(self.device)
         if self.algo.adv_type == "gae":
-            final_value = torch.zeros_like(rec["value"])
             if bool(done.any()):
                 rows = done.nonzero().squeeze(-1)
+                final_value = torch.zeros_like(rec["value"])
                 final_value[rows] = self.value(msg["final_obs"].to(self.device)[rows])
+            else:  # read only where done: one shared zero row serves every such step
+                final_value = self._zeros.get(rec["value"].shape)
+                if final_value is None:
+                    final_value = self._zeros[rec["value"].shape] = torch.zeros_like(rec["value"])
             rec["final_value"] = final_value
         rec["reward"] = msg["reward"].to(self.device)
         rec["terminated"] = msg["terminated"].to(self.device)
@@ -133,7 +139,3 @@ class EmbodiedRollout:
         from rlinf.dist.weight_sync import load_into_module
 
         load_into_module(self.policy)(weights)
-
-
-def _rows(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return mask.view(-1, *([1] * (like.dim() - 1)))

@@ -26,10 +26,10 @@ from rlinf.dist.weight_sync import WeightSync, named_shapes
 from rlinf.runners.base import RunContext
 from rlinf.runners.common import Stats, add_stat, control_vote, gather_metrics, seed_everything
 from rlinf.train import checkpoint as ckpt
+from rlinf.utils.dtypes import DTYPES
 from rlinf.utils.metrics import MetricLogger
 
 log = logging.getLogger(__name__)
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def _spaces(ctx: RunContext, env_worker):
@@ -216,11 +216,15 @@ class EmbodiedRunner:
 
         group = self.topo.group("rollout", "env")
         steps = self.eval_split.max_episode_steps or self.T
-        envs = env.eval_envs(self.topo.role_size("env")) if env is not None else None
+        envs = None
         ep = EpisodeStats()
-        if envs is not None:
-            self.obs_ch.send(TensorBatch({"obs": env.eval_obs(envs.reset())}))
-        for _ in range(steps):
+        if env is not None:
+            envs, obs = env.eval_start(self.topo.role_size("env"))
+            self.obs_ch.send(TensorBatch({"obs": env.eval_obs(obs)}))
+        # Ranks agree every few steps whether an episode is still running (envs that have
+        # finished are frozen and add nothing); a lone rank checks every step, for free.
+        every = 8 if dist.get_world_size(group) > 1 else 1
+        for i in range(steps):
             if ro is not None:
                 parts = self.obs_ch.recv_parts()
                 out = ro.act(TensorBatch.cat(parts)["obs"], deterministic=True)
@@ -231,13 +235,13 @@ class EmbodiedRunner:
                 res = envs.step(TensorBatch.cat(self.act_ch.recv_parts())["env_action"])
                 ep.add(res)
                 alive[0] = int(not bool(res.finished.all()))
-            dist.all_reduce(alive, op=dist.ReduceOp.MAX, group=group)
-            if not int(alive):
-                break
-            if envs is not None:
+            if (i + 1) % every == 0 or i + 1 == steps:
+                if every > 1:
+                    dist.all_reduce(alive, op=dist.ReduceOp.MAX, group=group)
+                if not int(alive):
+                    break
+            if envs is not None and i + 1 < steps:
                 self.obs_ch.send(TensorBatch({"obs": env.eval_obs(res.obs)}))
-        if envs is not None:
-            envs.close()
         return ep.metrics("eval")
 
     # -- checkpoint -----------------------------------------------------------------------
