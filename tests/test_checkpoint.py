@@ -5,7 +5,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
@@ -25,7 +24,10 @@ def test_save_then_list_and_resume_auto_pick_the_newest(tmp_path):
         w.save(step, {"step": step})
     assert [s for s, _ in list_checkpoints(tmp_path)] == [4, 6]  # keep=2 pruned step 2
     assert resolve_resume_dir("auto", str(tmp_path)).name == "global_step_6"
-    assert json.loads((tmp_path / "checkpoints" / "global_step_6" / "meta.json").read_text())["step"] == 6
+    assert (
+        json.loads((tmp_path / "checkpoints" / "global_step_6" / "meta.json").read_text())["step"]
+        == 6
+    )
     assert resolve_resume_dir(None, str(tmp_path)) is None
     assert resolve_resume_dir("auto", str(tmp_path / "elsewhere")) is None
 
@@ -35,7 +37,9 @@ def test_incomplete_and_tmp_directories_are_ignored(tmp_path):
     (tmp_path / "checkpoints" / "global_step_8.tmp").mkdir()
     (tmp_path / "checkpoints" / "global_step_9").mkdir()  # no meta.json: never completed
     assert [s for s, _ in list_checkpoints(tmp_path)] == [2]
-    with pytest.raises(FileNotFoundError, match="runner.resume_dir: .*global_step_9 is not a complete checkpoint"):
+    with pytest.raises(
+        FileNotFoundError, match="runner.resume_dir: .*global_step_9 is not a complete checkpoint"
+    ):
         resolve_resume_dir(str(tmp_path / "checkpoints" / "global_step_9"), str(tmp_path))
 
 

@@ -175,7 +175,9 @@ def validate_cross(
             )
         if not cfg.data.train_data_paths and not cfg.data.synthetic.enable:
             issues.add(
-                "data.train_data_paths", "is required: jsonl or parquet files with prompts", run_only=True
+                "data.train_data_paths",
+                "is required: jsonl or parquet files with prompts",
+                run_only=True,
             )
     n_samples = cfg.data.rollout_batch_size * cfg.algorithm.group_size
     if task == "reasoning" and n_samples % cfg.actor.global_batch_size:
