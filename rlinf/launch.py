@@ -131,8 +131,13 @@ def main(argv: list[str] | None = None) -> int:
     detected = _detected_gpus()
     notes: list = []
     try:
-        cfg = load_config(args.config, args.overrides, detected_accelerators=detected,
-                          plan_only=args.plan, notes=notes)
+        cfg = load_config(
+            args.config,
+            args.overrides,
+            detected_accelerators=detected,
+            plan_only=args.plan,
+            notes=notes,
+        )
     except ConfigError as e:
         if world.rank == 0:
             print(f"error: {e}", file=sys.stderr)

@@ -13,8 +13,15 @@ from rlinf.dist.batch import TensorBatch
 class SFTDataset:
     """Rows of jsonl with a prompt and a response; loss is on the response tokens only."""
 
-    def __init__(self, paths: list[str], tokenizer, prompt_key: str, response_key: str,
-                 max_length: int, apply_chat_template: bool = False):
+    def __init__(
+        self,
+        paths: list[str],
+        tokenizer,
+        prompt_key: str,
+        response_key: str,
+        max_length: int,
+        apply_chat_template: bool = False,
+    ):
         self.examples: list[tuple[list[int], list[int]]] = []
         for path in paths:
             with open(path, encoding="utf-8") as f:
@@ -24,12 +31,17 @@ class SFTDataset:
                     row = json.loads(line)
                     for key in (prompt_key, response_key):
                         if not isinstance(row.get(key), str):
-                            raise ValueError(f"{path}: line {line_no}: '{key}' missing or not a string "
-                                             f"(set data.prompt_key / data.response_key)")
+                            raise ValueError(
+                                f"{path}: line {line_no}: '{key}' missing or not a string "
+                                f"(set data.prompt_key / data.response_key)"
+                            )
                     prompt = row[prompt_key]
                     if apply_chat_template:
                         prompt = tokenizer.apply_chat_template(
-                            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
+                            [{"role": "user", "content": prompt}],
+                            tokenize=False,
+                            add_generation_prompt=True,
+                        )
                     p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
                     r_ids = tokenizer(row[response_key], add_special_tokens=False)["input_ids"]
                     r_ids = r_ids + [tokenizer.eos_token_id]
