@@ -15,8 +15,9 @@ same objective). Each side runs as its own subprocess, one after the other (alte
 ``--repeats``, with seeds ``--seed + i``), with the same thread count:
 
 - ours: ``torchrun -m rlinf.launch`` on a config derived from the base one (the real
-  product; ``--placement colocated`` runs every role in one process, ``config`` keeps the
-  base config's placement), read back from its ``metrics.jsonl``;
+  product; ``--placement colocated``, the default, runs every role in one process, the
+  fastest placement measured on 2 CPU cores; ``config`` keeps the base config's placement),
+  read back from its ``metrics.jsonl``;
 - SB3: ``PPO.learn`` in a worker process of this script, with an eval callback that runs
   the same evaluation at the same points as ours: before training and after every
   ``runner.val_check_interval`` updates, ``env.eval.total_num_envs`` deterministic episodes
@@ -30,6 +31,9 @@ HalfCheetah-v5) or at the step budget. Reported per run and as medians:
 - ``rollout_env_steps_per_s``: env steps / time spent collecting rollouts only;
 - ``time_to_target_s``: wall-clock seconds from process launch (start-up included) to the
   evaluation that reached the target (null: not reached within the budget).
+
+Each run also records its process tree's wall and CPU seconds and the host's load average
+before and after: on a shared machine, compare runs of one invocation only.
 """
 
 from __future__ import annotations
