@@ -15,10 +15,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import time
 
 import torch
 import torch.distributed as dist
+from _timing import timed
 
 from rlinf.dist.batch import TensorBatch, balanced_sizes
 from rlinf.dist.channel import Channel, channel_pairs
@@ -49,28 +49,6 @@ def _row_sums(batch: TensorBatch) -> torch.Tensor:
     return torch.stack(rows).sum(0)
 
 
-def _sync() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
-def _timed(fn, iters: int, warmup: int) -> float:
-    """Median seconds of ``fn()``, the slowest rank's time each run."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(iters):
-        _sync()
-        dist.barrier()
-        start = time.perf_counter()
-        fn()
-        _sync()
-        t = torch.tensor([time.perf_counter() - start], dtype=torch.float64)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        times.append(t.item())
-    return sorted(times)[len(times) // 2]
-
-
 def bench_case(name, src, dst, rows, seq, header, device, args) -> dict:
     rank = dist.get_rank()
     ch = Channel(src, dst, header_device=header)
@@ -84,7 +62,7 @@ def bench_case(name, src, dst, rows, seq, header, device, args) -> dict:
         if ch.is_dst:
             received[:] = ch.recv_parts()
 
-    seconds = _timed(run, args.iters, args.warmup)
+    seconds = timed(run, args.iters, args.warmup)
     ok = torch.tensor([1.0])
     for part in received:  # (colocated parts are the sent batch itself)
         ok[0] = min(ok[0].item(), float(torch.equal(_row_sums(part), part["check"])))
@@ -112,7 +90,7 @@ def bench_case(name, src, dst, rows, seq, header, device, args) -> dict:
             w.wait()
 
     remote = any(s != d for s, d in ch.pairs)
-    raw_s = _timed(raw, args.iters, args.warmup) if remote else None
+    raw_s = timed(raw, args.iters, args.warmup) if remote else None
     total = torch.tensor([batch.nbytes() if batch is not None else 0], dtype=torch.int64)
     dist.all_reduce(total)
     nbytes = int(total.item())

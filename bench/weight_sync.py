@@ -20,10 +20,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import time
 
 import torch
 import torch.distributed as dist
+from _timing import timed
 
 from rlinf.dist.weight_sync import WeightSync, weight_sync_group_specs
 
@@ -62,28 +62,6 @@ def qwen2_shapes(
     return shapes
 
 
-def _sync_device() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
-def _timed(fn, iters: int, warmup: int) -> float:
-    """Median seconds of ``fn()`` over ``iters`` runs, the slowest rank's time each run."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(iters):
-        _sync_device()
-        dist.barrier()
-        start = time.perf_counter()
-        fn()
-        _sync_device()
-        t = torch.tensor([time.perf_counter() - start], dtype=torch.float64)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        times.append(t.item())
-    return sorted(times)[len(times) // 2]
-
-
 def _engine_loader(engine: dict[str, torch.Tensor]):
     def load_weights(weights):
         for name, t in weights:
@@ -114,7 +92,7 @@ def _result(mode, nbytes, sync_s, raw_s, extra=None) -> dict:
 def _raw_broadcast_s(nbytes: int, device, group, member: bool, args) -> float:
     """Baseline: one broadcast of ``nbytes`` from rank 0 (``member``: this rank takes part)."""
     flat = torch.empty(nbytes, dtype=torch.uint8, device=device)
-    return _timed(
+    return timed(
         lambda: dist.broadcast(flat, src=0, group=group) if member else None,
         args.iters,
         args.warmup,
@@ -126,7 +104,7 @@ def _raw_all_gather_s(nbytes: int, device, args) -> float:
     world = dist.get_world_size()
     out = torch.empty(nbytes // world * world, dtype=torch.uint8, device=device)
     shard = torch.empty(nbytes // world, dtype=torch.uint8, device=device)
-    return _timed(lambda: dist.all_gather_into_tensor(out, shard), args.iters, args.warmup)
+    return timed(lambda: dist.all_gather_into_tensor(out, shard), args.iters, args.warmup)
 
 
 def bench_actor_to_rollout(args, shapes, device, dtype, rollout: list[int]) -> dict:
@@ -152,7 +130,7 @@ def bench_actor_to_rollout(args, shapes, device, dtype, rollout: list[int]) -> d
         run = lambda: sync.receive(load)  # noqa: E731
     else:
         run = lambda: None  # noqa: E731
-    sync_s = _timed(run, args.iters, args.warmup)
+    sync_s = timed(run, args.iters, args.warmup)
     buckets = len(sync.last_buckets)
 
     # correctness: every rollout engine equals the actor's weights cast to the sync dtype
@@ -199,9 +177,7 @@ def bench_colocated(args, shapes, device, dtype) -> dict:
     nbytes = sum(torch.Size(s).numel() for s in shapes.values()) * dtype.itemsize
     largest = max(torch.Size(s).numel() for s in shapes.values()) * dtype.itemsize
 
-    sync_s = _timed(
-        lambda: sync.sync(params.items(), 1, load_weights=load), args.iters, args.warmup
-    )
+    sync_s = timed(lambda: sync.sync(params.items(), 1, load_weights=load), args.iters, args.warmup)
     peak_extra = None
     if device.type == "cuda":
         torch.cuda.synchronize()
