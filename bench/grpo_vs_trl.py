@@ -145,10 +145,18 @@ def run_ours(args, model_dir: Path, data: Path, placement: str, nproc: int, back
     timed = [r for r in rows if r["step"] > args.warmup]
     step = [r["time/step_s"] + r.get("time/sync_s", 0.0) for r in timed]
     gen = [r["time/generate_s"] for r in timed]
+    # where the non-generation time goes: scoring, the actor (advantages to optimizer step),
+    # weight sync; the remainder is data movement and bookkeeping
+    parts = {
+        f"{k}_s": statistics.median(r[f"time/{k}_s"] for r in timed)
+        for k in ("reward", "actor", "sync")
+        if all(f"time/{k}_s" in r for r in timed)
+    }
     return {
         "step_s": statistics.median(step),
         "generate_s": statistics.median(gen),
         "non_generate_s": statistics.median(s - g for s, g in zip(step, gen, strict=True)),
+        "non_generate_parts": parts,
         "steps": [round(s, 3) for s in step],
     }
 
@@ -162,8 +170,13 @@ def run_trl(args, model_dir: Path, texts: list[str]) -> dict:
 
     scorer = MathReward(num_workers=4)
 
+    reward_times: list[float] = []
+
     def reward(completions, **_):
-        return [r.reward for r in scorer.score(list(completions), ["0"] * len(completions))]
+        t = time.perf_counter()
+        out = [r.reward for r in scorer.score(list(completions), ["0"] * len(completions))]
+        reward_times.append(time.perf_counter() - t)
+        return out
 
     tok = AutoTokenizer.from_pretrained(model_dir)
     cuda = args.device == "cuda"
@@ -233,10 +246,13 @@ def run_trl(args, model_dir: Path, texts: list[str]) -> dict:
     timed = steps[args.warmup :]
     g = len(gen_times) // max(1, len(steps))  # generate() calls per step
     gen = [sum(gen_times[i * g : (i + 1) * g]) for i in range(len(steps))][args.warmup :]
+    r = len(reward_times) // max(1, len(steps))  # reward calls per step
+    rew = [sum(reward_times[i * r : (i + 1) * r]) for i in range(len(steps))][args.warmup :]
     return {
         "step_s": statistics.median(timed),
         "generate_s": statistics.median(gen),
         "non_generate_s": statistics.median(s - x for s, x in zip(timed, gen, strict=True)),
+        "non_generate_parts": {"reward_s": statistics.median(rew)} if r else {},
         "steps": [round(s, 3) for s in timed],
         "generate_calls_per_step": g,
     }

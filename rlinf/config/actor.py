@@ -57,6 +57,10 @@ class FSDPConfig:
     param_dtype: Literal["fp32", "bf16", "fp16"] | None = None  # mixed precision (GPU); null: off
     reduce_dtype: Literal["fp32", "bf16"] = "fp32"
     offload_between_phases: bool = False  # move params/optimizer to CPU while rollout runs
+    # One actor rank on a GPU: false runs the plain module under autocast(param_dtype), as
+    # sharding one rank saves nothing and FSDP2's per-layer hooks cost host time every
+    # micro-batch; true wraps it in FSDP2 anyway.
+    shard_single_rank: bool = False
 
 
 @dataclass

@@ -6,6 +6,7 @@ with the shared ``sampling.sample_tokens`` so that log-probs follow the engine c
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -91,6 +92,13 @@ class HFEngine(RolloutEngine):
         self.max_batch_size = max_batch_size
         self.name_mapping = name_mapping
         self._asleep = 0
+        try:
+            fwd = inspect.signature(self.model.forward).parameters
+        except (TypeError, ValueError):
+            fwd = {}
+        # the prefill needs the last position's logits only (what transformers' generate does)
+        names = [n for n in ("logits_to_keep", "num_logits_to_keep") if n in fwd]
+        self._prefill_kw = {names[0]: 1} if names else {}
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
         state = self.model.state_dict()
@@ -163,7 +171,9 @@ class HFEngine(RolloutEngine):
         stop_set = set(params.stop_set(self.eos_token_ids))
         stop_ids = torch.tensor(sorted(stop_set), dtype=torch.long, device=dev)
         finished = torch.zeros(b, dtype=torch.bool, device=dev)
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True)
+        out = self.model(
+            input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, **self._prefill_kw
+        )
         steps_tok, steps_lp = [], []
         for t in range(params.max_new_tokens):
             tok, lp = sample_tokens(out.logits[:, -1], params, generator)

@@ -217,8 +217,10 @@ class ReasoningRunner:
         return result
 
     def _score(self, scorer, groups: TensorBatch, stats: Stats) -> None:
+        t0 = time.monotonic()
         answers = [self.train_ds[int(i)].answer for i in groups["index"]]
         s = scorer.score(groups, answers)
+        add_stat(stats, "time/reward_s", time.monotonic() - t0)
         add_stat(stats, "train/reward_mean", *s["reward_sum"])
         add_stat(stats, "train/accuracy", *s["correct_sum"])
         add_stat(stats, "train/response_len_mean", *s["len_sum"])
@@ -281,6 +283,7 @@ class ReasoningRunner:
             raise RuntimeError(
                 "dynamic sampling kept no group on an actor rank; raise max_num_gen_batches"
             )
+        t0 = time.monotonic()
         flat = self.advantages(TensorBatch.cat(kept), stats)
         flat = flat.to(self.topo.device)
         on_policy = self.actor.on_policy(flat.batch_size)
@@ -295,6 +298,7 @@ class ReasoningRunner:
         if self.actor.ref is not None:
             flat["ref_logprobs"] = self.actor.compute_logprobs(flat, reference=True)
         stats.update(self.actor.update(flat, on_policy=on_policy))
+        add_stat(stats, "time/actor_s", time.monotonic() - t0)  # update() ends host-synced
 
     def evaluate(self) -> Stats:
         """Greedy answers to this rollout rank's share of the held-out prompts."""
@@ -419,6 +423,8 @@ class ReasoningRunner:
                 self.step += 1
                 if self.step % r.weight_sync_interval == 0:
                     self.sync_weights()
+                    if self.topo.device.type == "cuda":
+                        torch.cuda.synchronize()  # the copies count here, not in the next rollout
                 t2 = time.monotonic()
                 if r.val_check_interval and (
                     self.step % r.val_check_interval == 0 or self.step == self.max_steps

@@ -49,12 +49,18 @@ def full_state_dict(model: nn.Module, cpu: bool = True) -> dict[str, torch.Tenso
     )
 
 
-def clip_grad_norm(model: nn.Module, max_norm: float | None) -> float:
-    """Global grad-norm clipping over sharded (DTensor) gradients; returns the norm before."""
+def clip_grad_norm_(model: nn.Module, max_norm: float | None) -> torch.Tensor:
+    """Global grad-norm clipping over sharded (DTensor) gradients; returns the norm before, as a
+    0-d tensor on the gradients' device (reading it is the caller's host sync)."""
     params = [p for p in model.parameters() if p.grad is not None]
     if not params:
-        return 0.0
+        return torch.zeros(())
     norm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm else float("inf"))
     if hasattr(norm, "full_tensor"):
         norm = norm.full_tensor()
-    return float(norm)
+    return norm
+
+
+def clip_grad_norm(model: nn.Module, max_norm: float | None) -> float:
+    """:func:`clip_grad_norm_` read back as a float."""
+    return float(clip_grad_norm_(model, max_norm))

@@ -4,27 +4,33 @@ Sequences arrive right-padded: `input_ids`, `attention_mask`, `response_mask` (t
 tokens, the only ones trained on), rollout log-probs and per-sequence advantages. The actor
 recomputes old and reference log-probs, then runs minibatch updates whose token counts are
 agreed across actor ranks, so that a token-mean loss is the same whatever the placement.
+
+Cost model (a 0.5B model with a 150k vocabulary): each micro-batch runs the model on its
+columns up to the last attended token only, and the LM head and the float32 log-softmax only
+on the response window (:mod:`rlinf.train.logprob`); the loop has no host synchronisation
+(metrics stay on the device until the end of the update), so the host queues work ahead of
+the GPU. One actor rank on a GPU runs the plain module under autocast: FSDP2 on a single
+rank saves no memory and only adds per-layer hooks (``actor.fsdp_config.shard_single_rank``).
 """
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import math
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 
-from rlinf.algorithms import (
-    entropy_from_logits,
-    kl_estimate,
-    logprobs_from_logits,
-    masked_mean,
-    ppo_policy_loss,
-)
+from rlinf.algorithms import entropy_from_logits, kl_estimate, masked_mean, ppo_policy_loss
 from rlinf.algorithms.losses import aggregate
 from rlinf.config import RLinfConfig
 from rlinf.dist.batch import TensorBatch, balanced_sizes
-from rlinf.train.fsdp import actor_mesh, clip_grad_norm, full_state_dict, shard_model
+from rlinf.train.fsdp import actor_mesh, clip_grad_norm_, full_state_dict, shard_model
+from rlinf.train.logprob import token_entropy, token_logprobs
 from rlinf.train.optim import build_optimizer, build_scheduler
+from rlinf.utils.dtypes import DTYPES
 
 
 def _decoder_block_type(model: torch.nn.Module) -> tuple[type, ...]:
@@ -39,9 +45,11 @@ class LMActor:
         self.cfg, self.group, self.device = cfg, group, device
         m = cfg.actor.model
         self.world = dist.get_world_size(group)
+        self.amp_dtype: torch.dtype | None = None  # autocast dtype of an unsharded GPU model
+        self._keep_kwarg: dict[int, str | None] = {}
         self.model = self._load(m.model_path, train=True)
         self.ref = self._load(m.model_path, train=False) if cfg.algorithm.kl_beta > 0 else None
-        self.optim = build_optimizer(self.model, cfg.actor.optim)
+        self.optim = fused_adam_if_possible(build_optimizer(self.model, cfg.actor.optim))
         self.sched = build_scheduler(self.optim, cfg.actor.optim, max(1, total_steps))
 
     def _load(self, path: str, train: bool) -> torch.nn.Module:
@@ -58,10 +66,13 @@ class LMActor:
             from dataclasses import replace
 
             fsdp_cfg = replace(fsdp_cfg, param_dtype=self.cfg.actor.model.precision or "bf16")
-        if self.world > 1 or self.device.type == "cuda":
+        if self.world > 1 or (self.device.type == "cuda" and fsdp_cfg.shard_single_rank):
             model = shard_model(
                 model, actor_mesh(self.group, self.device), fsdp_cfg, _decoder_block_type(model)
             )
+        elif self.device.type == "cuda" and fsdp_cfg.param_dtype not in (None, "fp32"):
+            # fp32 master weights, matmuls in param_dtype (what FSDP2's policy does, minus hooks)
+            self.amp_dtype = DTYPES[fsdp_cfg.param_dtype]
         if not train:
             model.eval()
             for p in model.parameters():
@@ -69,41 +80,85 @@ class LMActor:
         return model
 
     # -- forward pieces -----------------------------------------------------------------------
-    def _forward(self, model, b: TensorBatch, temperature: float, entropy: bool = False):
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+
+    def _logits_to_keep_kwarg(self, model) -> str | None:
+        """The forward argument that limits the LM head to the last k positions, if any."""
+        key = id(model)
+        if key not in self._keep_kwarg:
+            try:
+                params = inspect.signature(model.forward).parameters
+            except (TypeError, ValueError):
+                params = {}
+            names = [n for n in ("logits_to_keep", "num_logits_to_keep") if n in params]
+            self._keep_kwarg[key] = names[0] if names else None
+        return self._keep_kwarg[key]
+
+    def _forward(
+        self,
+        model,
+        b: TensorBatch,
+        temperature: float,
+        window: tuple[int, int] | None = None,
+        entropy: bool = False,
+    ):
+        """Log-probs ``[B, L]`` (position j: log p(token j | < j)) of the tokens in columns
+        ``window = [lo, hi)`` (default: :func:`token_window` of ``b``), 0 elsewhere.
+
+        The model runs on columns ``[0, hi - 1)`` only and its LM head on the last ``hi - lo``
+        of them; ``entropy`` adds the entropy at the same positions (with grad only when it is
+        a loss term)."""
         ids, attn = b["input_ids"], b["attention_mask"]
-        pos = (attn.long().cumsum(-1) - 1).clamp(min=0)
-        logits = model(
-            input_ids=ids, attention_mask=attn.long(), position_ids=pos, use_cache=False
-        ).logits
-        logits = logits[:, :-1].float()
-        lp = logprobs_from_logits(logits, ids[:, 1:], temperature=temperature)
-        lp = torch.nn.functional.pad(lp, (1, 0))  # position j holds log p(token j | < j)
+        L = ids.shape[1]
+        lo, hi = window if window is not None else token_window(token_spans(b), L)
+        keep = hi - lo
+        x_attn = attn[:, : hi - 1].long()
+        pos = (x_attn.cumsum(-1) - 1).clamp(min=0)
+        kwarg = self._logits_to_keep_kwarg(model)
+        extra = {kwarg: keep} if kwarg else {}
+        with self._autocast():
+            logits = model(
+                input_ids=ids[:, : hi - 1],
+                attention_mask=x_attn,
+                position_ids=pos,
+                use_cache=False,
+                **extra,
+            ).logits
+        logits = logits[:, -keep:]  # a no-op when the model kept only those
+        lp = F.pad(token_logprobs(logits, ids[:, lo:hi], temperature), (lo, L - hi))
         ent = None
-        if entropy:  # with grad only when it is a loss term
-            with torch.set_grad_enabled(
-                torch.is_grad_enabled() and self.cfg.algorithm.entropy_bonus > 0
-            ):
-                ent = torch.nn.functional.pad(entropy_from_logits(logits / temperature), (1, 0))
+        if entropy:
+            if torch.is_grad_enabled() and self.cfg.algorithm.entropy_bonus > 0:
+                ent = entropy_from_logits(logits / temperature)  # a loss term: with grad
+            else:
+                ent = token_entropy(logits.detach(), temperature)  # a metric
+            ent = F.pad(ent, (lo, L - hi))
         return lp, ent
 
     @torch.no_grad()
     def compute_logprobs(self, b: TensorBatch, reference: bool = False) -> torch.Tensor:
-        """Teacher-forced log-probs [N, L] of the current (or reference) policy, micro-batched."""
+        """Teacher-forced log-probs [N, L] of the current (or reference) policy, micro-batched;
+        0 outside each micro-batch's response window."""
         model = self.ref if reference else self.model
         t = self.cfg.algorithm.sampling_params.temperature_train
-        micro = self.cfg.actor.micro_batch_size
-        n_micro = self._agreed_chunks(b.batch_size, micro)
+        spans = token_spans(b)
+        n_micro = self._agreed_chunks(b.batch_size, self.cfg.actor.micro_batch_size)
         outs = [
-            self._forward(model, b[idx], t)[0]
-            for idx in _index_chunks(b.batch_size, n_micro, self.device)
+            self._forward(model, b[s:e], t, token_window(spans[s:e], b["input_ids"].shape[1]))[0]
+            for s, e in _ranges(b.batch_size, n_micro)
         ]
         return torch.cat(outs)
 
     def _agreed_chunks(self, n_local: int, size: int) -> int:
         """Every actor rank runs the same number of forwards (FSDP collectives must match)."""
-        t = torch.tensor([math.ceil(n_local / max(1, size))], device=self.device)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self.group)
-        chunks = int(t.item())
+        chunks = math.ceil(n_local / max(1, size))
+        if self.world > 1:
+            t = torch.tensor([chunks], device=self.device)
+            dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self.group)
+            chunks = int(t.item())
         if n_local < chunks:
             raise RuntimeError(
                 f"actor rank has {n_local} sequences but must run {chunks} micro-batches; "
@@ -114,61 +169,110 @@ class LMActor:
     # -- update -------------------------------------------------------------------------------
     def num_minibatches(self, n_local: int) -> int:
         """Optimizer steps per epoch: the global sequence count over actor.global_batch_size."""
-        total = torch.tensor([n_local], device=self.device)
-        dist.all_reduce(total, group=self.group)
-        return max(1, int(total.item()) // self.cfg.actor.global_batch_size)
+        total = n_local
+        if self.world > 1:
+            t = torch.tensor([n_local], device=self.device)
+            dist.all_reduce(t, group=self.group)
+            total = int(t.item())
+        return max(1, total // self.cfg.actor.global_batch_size)
 
     def on_policy(self, n_local: int) -> bool:
         """One epoch of one minibatch: the policy being updated is the one that sampled, so the
         old log-probs equal the current ones and need no separate forward pass."""
         return self.cfg.algorithm.update_epoch == 1 and self.num_minibatches(n_local) == 1
 
+    def _plan(self, n: int, tokens: torch.Tensor) -> tuple[list[torch.Tensor], list[int], list]:
+        """Row permutations (one per epoch), minibatch sizes, and per minibatch (in order) the
+        token and sequence counts summed over ranks and the micro-batch count (max over ranks):
+        two collectives for the whole update instead of several per minibatch."""
+        a, act = self.cfg.algorithm, self.cfg.actor
+        num_mb = self.num_minibatches(n)
+        gen = torch.Generator().manual_seed(self.sched.last_epoch)
+        perms = [torch.randperm(n, generator=gen) for _ in range(a.update_epoch)]
+        sizes = balanced_sizes(n, num_mb)
+        counts, micros = [], []
+        for perm in perms:
+            for rows in perm.split(sizes):
+                counts.append([float(tokens[rows].sum()), float(len(rows))])
+                micros.append(math.ceil(len(rows) / max(1, act.micro_batch_size)))
+        if self.world > 1:
+            c = torch.tensor(counts, dtype=torch.float64, device=self.device)
+            mi = torch.tensor(micros, dtype=torch.int64, device=self.device)
+            dist.all_reduce(c, group=self.group)
+            dist.all_reduce(mi, op=dist.ReduceOp.MAX, group=self.group)
+            counts, micros = c.tolist(), mi.tolist()
+        for size, n_micro in zip(sizes * len(perms), micros, strict=True):
+            if size < n_micro:
+                raise RuntimeError(
+                    f"actor rank has {size} sequences but must run {n_micro} micro-batches; "
+                    "balance data.rollout_batch_size over the actor ranks"
+                )
+        plan = [(tok, seq, mi) for (tok, seq), mi in zip(counts, micros, strict=True)]
+        return perms, sizes, plan
+
     def update(self, b: TensorBatch, on_policy: bool = False) -> dict[str, tuple[float, int]]:
         """PPO-style update. ``on_policy``: old log-probs are the current ones (detached), and
         ``b["old_logprobs"]`` (the rollout's) only feed the rollout/train mismatch metric."""
-        a, act = self.cfg.algorithm, self.cfg.actor
+        a = self.cfg.algorithm
         b = b.to(self.device)
-        num_mb = self.num_minibatches(b.batch_size)
+        L = b["input_ids"].shape[1]
+        spans = token_spans(b)  # the update's one host sync before the last metric read-out
+        perms, sizes, plan = self._plan(b.batch_size, spans[:, 2])
         temperature = a.sampling_params.temperature_train
-        sums: dict[str, float] = {}
-        counts: dict[str, int] = {}
+        metrics: dict[str, list[torch.Tensor]] = {}
         count = 0
-        gen = torch.Generator().manual_seed(self.sched.last_epoch)
-        for _ in range(a.update_epoch):
-            perm = torch.randperm(b.batch_size, generator=gen).to(self.device)
-            for mb_idx in perm.split(balanced_sizes(b.batch_size, num_mb)):
-                mb = b[mb_idx]
-                mask = mb["response_mask"]
-                denom = torch.tensor([float(mask.sum()), float(mb.batch_size)], device=self.device)
-                dist.all_reduce(denom, group=self.group)
-                tok_denom = float(denom[0]) / self.world
-                seq_denom = float(denom[1]) / self.world
-                d = tok_denom if a.loss_agg_func == "token-mean" else seq_denom
+        step = 0
+        for perm in perms:
+            bp = b[perm.to(self.device)]  # one gather per epoch; minibatches are row slices
+            sp = spans[perm]
+            start = 0
+            for size in sizes:
+                tok, seq, n_micro = plan[step]
+                step += 1
+                d = (tok if a.loss_agg_func == "token-mean" else seq) / self.world
                 self.optim.zero_grad(set_to_none=True)
-                n_micro = self._agreed_chunks(mb.batch_size, act.micro_batch_size)
-                for idx in _index_chunks(mb.batch_size, n_micro, self.device):
-                    m = self._micro_loss(mb[idx], temperature, d, on_policy, entropy=count == 0)
+                for s, e in _ranges(size, n_micro):
+                    s, e = start + s, start + e
+                    m = self._micro_loss(
+                        bp[s:e],
+                        temperature,
+                        d,
+                        on_policy,
+                        entropy=count == 0,
+                        window=token_window(sp[s:e], L),
+                    )
                     for k, v in m.items():
-                        sums[k] = sums.get(k, 0.0) + v
-                        counts[k] = counts.get(k, 0) + 1
+                        metrics.setdefault(k, []).append(v)
                     count += 1
-                gn = clip_grad_norm(self.model, act.optim.clip_grad)
-                sums["train/grad_norm"] = sums.get("train/grad_norm", 0.0) + gn
-                counts["train/grad_norm"] = counts.get("train/grad_norm", 0) + 1
+                gn = clip_grad_norm_(self.model, self.cfg.actor.optim.clip_grad)
+                metrics.setdefault("train/grad_norm", []).append(gn)
                 self.optim.step()
                 self.sched.step()
-        out = {k: (v, counts[k]) for k, v in sums.items()}
+                start += size
+        keys = list(metrics)
+        dev = self.device
+        sums = torch.stack([torch.stack(metrics[k]).float().sum().to(dev) for k in keys]).tolist()
+        out = {k: (v, len(metrics[k])) for k, v in zip(keys, sums, strict=True)}
         out["train/lr"] = (self.sched.get_last_lr()[0], 1)
         return out
 
     def _micro_loss(
-        self, mb: TensorBatch, temperature: float, denom: float, on_policy: bool, entropy: bool
-    ) -> dict[str, float]:
-        """Loss of one micro-batch (backward included). Entropy is computed where it is a loss
-        term, else on the first micro-batch of the update only, as a metric sample."""
+        self,
+        mb: TensorBatch,
+        temperature: float,
+        denom: float,
+        on_policy: bool,
+        entropy: bool,
+        window: tuple[int, int] | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Loss of one micro-batch (backward included); metrics as detached 0-d tensors (no host
+        sync). Entropy is computed where it is a loss term, else on the first micro-batch of the
+        update only, as a metric sample."""
         a = self.cfg.algorithm
         mask = mb["response_mask"]
-        lp, ent = self._forward(self.model, mb, temperature, entropy=entropy or a.entropy_bonus > 0)
+        lp, ent = self._forward(
+            self.model, mb, temperature, window, entropy=entropy or a.entropy_bonus > 0
+        )
         adv = mb["advantages"]
         adv = adv.unsqueeze(-1).expand_as(lp) if adv.dim() == 1 else adv
         old = lp.detach() if on_policy else mb["old_logprobs"]
@@ -185,15 +289,16 @@ class LMActor:
         )
         loss = pg
         metrics = {
-            "train/policy_loss": float(pg),
-            "train/clip_frac": float(pm["clip_frac"]),
-            "train/approx_kl": float(pm["approx_kl"]),
+            "train/policy_loss": pg.detach(),
+            "train/clip_frac": pm["clip_frac"],
+            "train/approx_kl": pm["approx_kl"],
         }
+        n_tok = mask.sum().clamp(min=1)
         if on_policy:
-            diff = ((lp.detach() - mb["old_logprobs"]).abs() * mask).sum() / mask.sum().clamp(min=1)
-            metrics["train/rollout_logprob_diff"] = float(diff)
+            diff = ((lp.detach() - mb["old_logprobs"]).abs() * mask).sum() / n_tok
+            metrics["train/rollout_logprob_diff"] = diff
         if ent is not None:
-            metrics["train/entropy"] = float(masked_mean(ent.detach(), mask))
+            metrics["train/entropy"] = masked_mean(ent.detach(), mask)
             if a.entropy_bonus > 0:
                 loss = loss - a.entropy_bonus * aggregate(ent, mask, a.loss_agg_func, denom=denom)
         if self.ref is not None and "ref_logprobs" in mb:
@@ -201,7 +306,7 @@ class LMActor:
             kl = aggregate(kl_tok, mask, a.loss_agg_func, denom=denom)
             if a.use_kl_loss:
                 loss = loss + a.kl_beta * kl
-            metrics["train/kl"] = float((kl_tok * mask).sum() / mask.sum().clamp(min=1))
+            metrics["train/kl"] = ((kl_tok.detach() * mask).sum() / n_tok).detach()
         loss.backward()
         return metrics
 
@@ -209,22 +314,26 @@ class LMActor:
     def sft_step(self, b: TensorBatch) -> float:
         """One optimizer step of next-token loss on the response tokens (token mean over ranks)."""
         b = b.to(self.device)
-        mask = b["response_mask"]
-        denom = torch.tensor([float(mask.sum())], device=self.device)
-        dist.all_reduce(denom, group=self.group)
-        d = float(denom) / self.world
+        spans = token_spans(b)
+        d = float(spans[:, 2].sum())
+        if self.world > 1:
+            denom = torch.tensor([d], device=self.device)
+            dist.all_reduce(denom, group=self.group)
+            d = float(denom)
+        d /= self.world
         self.optim.zero_grad(set_to_none=True)
-        total = 0.0
+        losses = []
         n_micro = self._agreed_chunks(b.batch_size, self.cfg.actor.micro_batch_size)
-        for idx in _index_chunks(b.batch_size, n_micro, self.device):
-            mb = b[idx]
-            lp, _ = self._forward(self.model, mb, 1.0)
+        L = b["input_ids"].shape[1]
+        for s, e in _ranges(b.batch_size, n_micro):
+            mb = b[s:e]
+            lp, _ = self._forward(self.model, mb, 1.0, token_window(spans[s:e], L))
             loss = -(lp * mb["response_mask"]).sum() / d
             loss.backward()
-            total += float(loss)
-        clip_grad_norm(self.model, self.cfg.actor.optim.clip_grad)
+            losses.append(loss.detach())
+        clip_grad_norm_(self.model, self.cfg.actor.optim.clip_grad)
         self.optim.step()
-        return total
+        return float(torch.stack(losses).sum())
 
     # -- memory between phases ------------------------------------------------------------------
     def offload(self) -> None:
@@ -279,8 +388,58 @@ class LMActor:
             cfg_path.write_text(json.dumps(conf, indent=2))
 
 
-def _index_chunks(n: int, parts: int, device: torch.device) -> list[torch.Tensor]:
-    return list(torch.arange(n, device=device).split(balanced_sizes(n, parts)))
+def _ranges(n: int, parts: int) -> list[tuple[int, int]]:
+    """``parts`` consecutive ``(start, end)`` row ranges of balanced sizes covering ``n`` rows."""
+    out, start = [], 0
+    for size in balanced_sizes(n, parts):
+        out.append((start, start + size))
+        start += size
+    return out
 
 
-__all__ = ["LMActor"]
+def token_spans(b: TensorBatch) -> torch.Tensor:
+    """Per row, on the host: ``[first response column, last attended (or response) column + 1,
+    response token count]`` (first is ``L`` for a row without response tokens). One
+    device-to-host copy."""
+    resp = b["response_mask"].bool()
+    used = resp | b["attention_mask"].bool()
+    L = resp.shape[1]
+    cols = torch.arange(L, device=resp.device)
+    first = torch.where(resp, cols, L).amin(-1)
+    end = torch.where(used, cols + 1, 0).amax(-1)
+    return torch.stack([first, end, resp.sum(-1)], dim=1).cpu()
+
+
+def token_window(spans: torch.Tensor, L: int) -> tuple[int, int]:
+    """Columns ``[lo, hi)`` holding every response token of the rows of ``spans``; the model
+    then runs on columns ``[0, hi - 1)``. At least one column (a dummy one when no row has a
+    response token: every rank still runs the forward)."""
+    lo, hi = int(spans[:, 0].min()), int(spans[:, 1].max())
+    hi = min(L, max(hi, 2))
+    lo = min(max(lo, 1), hi - 1)
+    return lo, hi
+
+
+def fused_adam_if_possible(
+    opt: torch.optim.Optimizer, device_type: str = "cuda"
+) -> torch.optim.Optimizer:
+    """The same Adam/AdamW with ``fused=True`` (one kernel per step) when every parameter is a
+    plain floating-point tensor on ``device_type`` and no step was taken yet; else ``opt``."""
+    params = [p for g in opt.param_groups for p in g["params"]]
+    if (
+        type(opt) not in (torch.optim.Adam, torch.optim.AdamW)
+        or opt.state
+        or not params
+        or any(
+            p.device.type != device_type or not p.is_floating_point() or hasattr(p, "device_mesh")
+            for p in params
+        )
+    ):
+        return opt
+    groups = [
+        {k: v for k, v in g.items() if k not in ("fused", "foreach")} for g in opt.param_groups
+    ]
+    return type(opt)(groups, fused=True)
+
+
+__all__ = ["LMActor", "fused_adam_if_possible", "token_spans", "token_window"]
