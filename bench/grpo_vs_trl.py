@@ -166,6 +166,8 @@ def run_trl(args, model_dir: Path, texts: list[str]) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
+    if str(REPO) not in sys.path:  # run as a script from anywhere
+        sys.path.insert(0, str(REPO))
     from rlinf.rewards.math import MathReward
 
     scorer = MathReward(num_workers=4)
