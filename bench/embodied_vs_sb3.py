@@ -14,9 +14,10 @@ value loss is the MSE without our factor 1/2, so it gets ``vf_coef = value_loss_
 same objective). Each side runs as its own subprocess, one after the other (alternating over
 ``--repeats``, with seeds ``--seed + i``), with the same thread count:
 
-- ours: ``torchrun -m rlinf.launch`` on a config derived from the base one (the real
-  product; ``--placement colocated``, the default, runs every role in one process, the
-  fastest placement measured on 2 CPU cores; ``config`` keeps the base config's placement),
+- ours: ``python -m rlinf.launch`` (one process) or ``torchrun -m rlinf.launch`` (several) on
+  a config derived from the base one (the real product; ``--placement colocated``, the
+  default, runs every role in one process, the fastest placement measured on 2 CPU cores;
+  ``config`` keeps the base config's placement),
   read back from its ``metrics.jsonl``;
 - SB3: ``PPO.learn`` in a worker process of this script, with an eval callback that runs
   the same evaluation at the same points as ours: before training and after every
@@ -137,18 +138,14 @@ def run_ours(s: dict, args, seed: int, workdir: Path) -> dict:
 
         nproc = load_config(str(derived), overrides, detected_accelerators=0)
         nproc = nproc.cluster.num_nodes * nproc.cluster.accelerators_per_node
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc_per_node={nproc}",
-        "-m",
-        "rlinf.launch",
-        "--config",
-        str(derived),
-        *overrides,
-    ]
+    # One process runs as `python -m rlinf.launch` (the product's single-process mode): torchrun
+    # would add a launcher process that imports torch too (seconds of start-up).
+    launcher = (
+        []
+        if nproc == 1
+        else ["torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m"]
+    )
+    cmd = [sys.executable, "-m", *launcher, "rlinf.launch", "--config", str(derived), *overrides]
     log = workdir / f"ours_seed{seed}.log"
     t0, proc, host = _timed_run(cmd, log, args)
     if proc.returncode != 0:

@@ -70,8 +70,10 @@ def masked_var(
     With fewer than two valid positions the (biased) variance is returned, which is 0:
     no spread can be measured, and 0 keeps callers finite.
     """
-    if mask is None:
-        mask = torch.ones_like(x, dtype=torch.bool)
+    if mask is None:  # every position valid: one kernel
+        n = x.numel() if dim is None else x.shape[dim]
+        correction = 1 if unbiased and n > 1 else 0
+        return x.var(correction=correction) if dim is None else x.var(dim, correction=correction)
     mean = masked_mean(x, mask, dim)
     if dim is not None:
         mean = mean.unsqueeze(dim)
@@ -92,8 +94,11 @@ def masked_whiten(
     (only the scale changes). Masked-out positions are set to 0. Zero valid positions or
     all-equal valid values give all zeros (with ``shift_mean``), never NaN.
     """
-    mean = masked_mean(x, mask)
-    var = masked_var(x, mask, unbiased=True)
+    if mask is None:  # every position valid: the fewest kernels (small-batch hot path)
+        var, mean = torch.var_mean(x, correction=1 if x.numel() > 1 else 0)
+    else:
+        mean = masked_mean(x, mask)
+        var = masked_var(x, mask, unbiased=True)
     out = (x - mean) * torch.rsqrt(var + eps)
     if not shift_mean:
         out = out + mean

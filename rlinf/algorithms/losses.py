@@ -71,6 +71,8 @@ def aggregate(
         raise ValueError(
             f"aggregate: mask shape {tuple(mask.shape)} != loss shape {tuple(loss.shape)}"
         )
+    if mask is None and (mode == "token-mean" or loss.dim() == 1):  # the unmasked hot path
+        return loss.mean() if denom is None else loss.sum() / denom
     loss2 = loss.reshape(loss.shape[0], -1)
     if mask is None:
         mask2 = torch.ones_like(loss2, dtype=torch.bool)
@@ -153,13 +155,17 @@ def ppo_policy_loss(
         per_token = torch.where(adv < 0, dual, clipped)
         dual_active = (clipped > pg3) & (adv < 0)
     else:
-        dual_active = torch.zeros_like(clipped, dtype=torch.bool)
+        dual_active = None
 
     loss = aggregate(per_token, mask, loss_agg_mode, denom)
     with torch.no_grad():
         metrics = {
             "clip_frac": masked_mean((pg2 > pg1).to(ratio.dtype), mask),
-            "dual_clip_frac": masked_mean(dual_active.to(ratio.dtype), mask),
+            "dual_clip_frac": (
+                masked_mean(dual_active.to(ratio.dtype), mask)
+                if dual_active is not None
+                else ratio.new_zeros(())
+            ),
             "approx_kl": masked_mean((ratio - 1.0) - log_ratio, mask),
             "ratio_mean": masked_mean(ratio, mask),
         }
@@ -175,6 +181,7 @@ def value_loss(
     huber_delta: float | None = None,
     loss_agg_mode: str = "token-mean",
     denom: float | Tensor | None = None,
+    with_metrics: bool = True,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Critic loss ``0.5 * (V - R)^2`` (or Huber), optionally PPO value-clipped.
 
@@ -185,7 +192,8 @@ def value_loss(
     Returns:
         ``(loss, metrics)`` with ``value_clip_frac`` (share of valid positions where the
         clipped loss is the larger) and ``explained_variance``
-        (``1 - Var[R - V] / Var[R]``; NaN when the returns have no variance).
+        (``1 - Var[R - V] / Var[R]``; NaN when the returns have no variance); with
+        ``with_metrics=False`` the metrics are skipped (an empty dict: small-batch hot loops).
     """
     # Masked-out positions (padding) may hold garbage; zero them so gradients stay finite.
     values = _zero_masked(values, mask)
@@ -206,16 +214,22 @@ def value_loss(
         clip_active = loss2 > loss1
     else:
         per = loss1
-        clip_active = torch.zeros_like(loss1, dtype=torch.bool)
+        clip_active = None
 
     loss = aggregate(per, mask, loss_agg_mode, denom)
+    if not with_metrics:
+        return loss, {}
     with torch.no_grad():
         v = values.detach()
         var_r = masked_var(returns, mask, unbiased=False)
         var_res = masked_var(returns - v, mask, unbiased=False)
         ev = torch.where(var_r > 0, 1.0 - var_res / var_r.clamp_min(1e-12), float("nan"))
         metrics = {
-            "value_clip_frac": masked_mean(clip_active.to(per.dtype), mask),
+            "value_clip_frac": (
+                masked_mean(clip_active.to(per.dtype), mask)
+                if clip_active is not None
+                else per.new_zeros(())
+            ),
             "explained_variance": ev,
         }
     return loss, metrics

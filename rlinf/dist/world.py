@@ -161,6 +161,12 @@ def agree_on_master(info: WorldInfo) -> WorldInfo:
     """Fill in the master address/port for MPI launches (broadcast from rank 0 over mpi4py)."""
     if info.master_addr and info.master_port:
         return info
+    if info.world_size == 1:  # a lone process: nobody to agree with (importing MPI takes seconds)
+        return _replace(
+            info,
+            master_addr=info.master_addr or "127.0.0.1",
+            master_port=info.master_port or free_port(),
+        )
     try:
         from mpi4py import MPI
     except ImportError:

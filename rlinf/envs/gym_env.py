@@ -1,7 +1,8 @@
 """Gymnasium adapter: ``num_envs`` gymnasium envs behind the :class:`BatchedEnv` interface.
 
-Built on gymnasium's Sync/AsyncVectorEnv in SAME_STEP auto-reset mode, so the true last
-observation of an episode is available at the step it ends. Each sub-env is wrapped in
+Built on :class:`~rlinf.envs.sync_loop.SyncEnvLoop` (sync, the default) or gymnasium's
+AsyncVectorEnv, both in SAME_STEP auto-reset mode, so the true last observation of an episode
+is available at the step it ends. Each sub-env is wrapped in
 :class:`_EpisodeControl`, which runs inside the worker (also for async) and
 - draws every reset seed from ``(seed, group, episode counter)``: envs of one group share the
   seed of their k-th episode, and a run is reproducible;
@@ -191,7 +192,9 @@ class GymBatchedEnv(BatchedEnv):
         ]
         mode = gym.vector.AutoresetMode.SAME_STEP
         if vector_mode == "sync":
-            self._vec = gym.vector.SyncVectorEnv(env_fns, copy=False, autoreset_mode=mode)
+            from rlinf.envs.sync_loop import SyncEnvLoop
+
+            self._vec = SyncEnvLoop(env_fns, info_keys=(_SUCCESS, _TERMINATED, _TRUNCATED))
         else:
             self._vec = gym.vector.AsyncVectorEnv(env_fns, copy=False, autoreset_mode=mode)
 

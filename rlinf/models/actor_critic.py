@@ -67,6 +67,20 @@ def layer_init(layer: nn.Module, gain: float) -> nn.Module:
     return layer
 
 
+def run_layers(seq: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+    """``seq(x)`` without the per-module call machinery when no hook is registered on it.
+
+    Small policies run thousands of tiny forwards per update, where module dispatch costs as
+    much as the arithmetic. A hooked container (e.g. wrapped by ``fully_shard``) is called
+    normally so that its hooks run.
+    """
+    if seq._forward_pre_hooks or seq._forward_hooks:
+        return seq(x)
+    for layer in seq:
+        x = layer.forward(x) if not (layer._forward_pre_hooks or layer._forward_hooks) else layer(x)
+    return x
+
+
 def mlp(in_dim: int, hidden_sizes: Sequence[int], activation: str) -> nn.Sequential:
     """Linear+activation layers with orthogonal init (gain sqrt(2)); empty sizes -> identity."""
     if activation not in _ACTIVATIONS:
@@ -128,18 +142,28 @@ class _ActorCritic(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return self.evaluate(obs, action)
 
-    @torch.no_grad()
     def act(self, obs: torch.Tensor, deterministic: bool = False) -> ActOutput:
-        """Sample (or take the mode of) the policy for ``obs`` [B, ...]; no gradients."""
+        """Sample (or take the mode of) the policy for ``obs`` [B, ...]; no gradients.
+
+        Runs as is under ``torch.inference_mode()`` (the rollout's hot loop: cheapest) or
+        ``no_grad``; otherwise enters ``no_grad`` itself.
+        """
+        if torch.is_grad_enabled():
+            with torch.no_grad():
+                return self._act(obs, deterministic)
+        return self._act(obs, deterministic)
+
+    def _act(self, obs: torch.Tensor, deterministic: bool) -> ActOutput:
         actor_feat, critic_feat = self.features(obs)
-        out = self.policy_head(actor_feat)
+        out = self.policy_head.forward(actor_feat)
         value = self._value(critic_feat)
         if self.discrete:
+            log_p = torch.log_softmax(out, -1)
             if deterministic:
                 action = out.argmax(-1)
             else:
-                action = torch.multinomial(torch.softmax(out, -1), 1).squeeze(-1)
-            return ActOutput(action, action, categorical_log_prob(out, action), value)
+                action = torch.multinomial(log_p.exp(), 1).squeeze(-1)
+            return ActOutput(action, action, log_p.gather(-1, action.unsqueeze(-1))[:, 0], value)
         action = out if deterministic else out + torch.exp(self.log_std) * torch.randn_like(out)
         if self.squash:
             env_action = squash_to_bounds(action, self.action_low, self.action_high)
@@ -160,7 +184,7 @@ class _ActorCritic(nn.Module):
         (pre-tanh) Gaussian, which has no closed form after the squash.
         """
         actor_feat, critic_feat = self.features(obs)
-        out = self.policy_head(actor_feat)
+        out = self.policy_head.forward(actor_feat)
         value = self._value(critic_feat)
         if self.discrete:
             return categorical_log_prob(out, action), categorical_entropy(out), value
@@ -177,9 +201,10 @@ class _ActorCritic(nn.Module):
         return self._value(self.critic_features(obs))
 
     def _value(self, critic_feat: torch.Tensor) -> torch.Tensor:
-        # A copy, not a squeeze view: FSDP2 warns about view outputs (in-place ops on them
-        # would skip its backward hooks).
-        return self.value_head(critic_feat).squeeze(-1).clone()
+        # [B] straight from a matrix-vector product: a fresh tensor (FSDP2 warns about view
+        # outputs) in one kernel.
+        head = self.value_head
+        return torch.addmv(head.bias, critic_feat, head.weight[0])
 
 
 class MLPActorCritic(_ActorCritic):
@@ -213,16 +238,18 @@ class MLPActorCritic(_ActorCritic):
         self.critic_trunk = None if shared_trunk else mlp(obs_dim, hidden_sizes, activation)
 
     def _flat(self, obs: torch.Tensor) -> torch.Tensor:
-        return obs.reshape(obs.shape[0], -1).to(self.policy_head.weight.dtype)
+        x = obs.reshape(obs.shape[0], -1) if obs.dim() != 2 else obs
+        dtype = self.policy_head.weight.dtype
+        return x if x.dtype == dtype else x.to(dtype)
 
     def features(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = self._flat(obs)
-        actor = self.actor_trunk(x)
-        return actor, (actor if self.critic_trunk is None else self.critic_trunk(x))
+        actor = run_layers(self.actor_trunk, x)
+        return actor, (actor if self.critic_trunk is None else run_layers(self.critic_trunk, x))
 
     def critic_features(self, obs: torch.Tensor) -> torch.Tensor:
         trunk = self.actor_trunk if self.critic_trunk is None else self.critic_trunk
-        return trunk(self._flat(obs))
+        return run_layers(trunk, self._flat(obs))
 
 
 def _conv_out(size: int, kernel: int, stride: int) -> int:

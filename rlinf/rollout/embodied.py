@@ -29,13 +29,18 @@ class EmbodiedRollout:
         self._steps: list[dict[str, torch.Tensor]] = []
         self._zeros: dict[torch.Size, torch.Tensor] = {}
 
-    @torch.no_grad()
+    # inference_mode: the cheapest autograd-free mode. Its tensors cannot be saved for a
+    # backward pass: finish() stacks them into ordinary tensors before the actor sees them.
+    @torch.inference_mode()
     def act(self, obs: torch.Tensor, deterministic: bool = False):
-        return self.policy.act(obs.to(self.device), deterministic=deterministic)
+        return self.policy.act(self._here(obs), deterministic=deterministic)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def value(self, obs: torch.Tensor) -> torch.Tensor:
-        return self.policy.value(obs.to(self.device))
+        return self.policy.value(self._here(obs))
+
+    def _here(self, x: torch.Tensor) -> torch.Tensor:
+        return x if x.device == self.device else x.to(self.device)
 
     # -- trajectory -----------------------------------------------------------------------
     def begin(self, num_stages: int) -> None:
@@ -46,34 +51,34 @@ class EmbodiedRollout:
     def record_action(self, stage: int, obs: torch.Tensor, out) -> None:
         self._steps[stage].append(
             {
-                "obs": obs.to(self.device),
+                "obs": self._here(obs),
                 "action": out.action,
                 "logprob": out.logprob,
                 "value": out.value,
             }
         )
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def record_outcome(self, stage: int, msg: TensorBatch) -> None:
         """Attach the outcome of the last recorded step of ``stage`` (reward, ends, and the
         value of the true final observation where an episode ended)."""
         rec = self._steps[stage][-1]
-        done = msg["done"].to(self.device)
+        done = self._here(msg["done"])
         if self.algo.adv_type == "gae":
             if bool(done.any()):
                 rows = done.nonzero().squeeze(-1)
                 final_value = torch.zeros_like(rec["value"])
-                final_value[rows] = self.value(msg["final_obs"].to(self.device)[rows])
+                final_value[rows] = self.value(self._here(msg["final_obs"])[rows])
             else:  # read only where done: one shared zero row serves every such step
                 final_value = self._zeros.get(rec["value"].shape)
                 if final_value is None:
                     final_value = self._zeros[rec["value"].shape] = torch.zeros_like(rec["value"])
             rec["final_value"] = final_value
-        rec["reward"] = msg["reward"].to(self.device)
-        rec["terminated"] = msg["terminated"].to(self.device)
+        rec["reward"] = self._here(msg["reward"])
+        rec["terminated"] = self._here(msg["terminated"])
         rec["done"] = done
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def record_last_obs(self, stage: int, obs: torch.Tensor) -> None:
         """The observation after the horizon's last step: its value bootstraps GAE."""
         if self.algo.adv_type == "gae" and self._steps[stage]:

@@ -7,6 +7,7 @@ import torch.distributed as dist
 from torch import nn
 
 from rlinf.algorithms import masked_mean, normalize_advantages, ppo_policy_loss, value_loss
+from rlinf.algorithms.fused_loss import ppo_actor_critic_loss
 from rlinf.config import RLinfConfig
 from rlinf.dist.batch import TensorBatch, balanced_sizes
 from rlinf.train.optim import build_optimizer, build_scheduler
@@ -122,10 +123,17 @@ class EmbodiedActor:
             from rlinf.train.fsdp import clip_grad_norm
 
             return clip_grad_norm(self.model, max_norm)
-        params = [p for p in self.model.parameters() if p.grad is not None]
-        if not params:
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        if not grads:
             return 0.0
-        return float(torch.nn.utils.clip_grad_norm_(params, max_norm or float("inf")))
+        if len({(g.device, g.dtype) for g in grads}) > 1 or any(g.is_sparse for g in grads):
+            return float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm or 1e30))
+        # One device and dtype (the small-policy case): four kernels instead of torch's
+        # per-tensor conversions, which cost more than the update itself at these sizes.
+        total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+        if max_norm:
+            torch._foreach_mul_(grads, (max_norm / (total + 1e-6)).clamp_(max=1.0))
+        return float(total)
 
     def _loss(
         self, mb: dict[str, torch.Tensor], use_value: bool, weight: float, masked: bool
@@ -137,6 +145,8 @@ class EmbodiedActor:
         if a.normalize_advantages and a.adv_type == "gae":
             adv = normalize_advantages(adv, mask)
         logprob, entropy, value = self.model.evaluate(mb["obs"], mb["action"])
+        if mask is None and use_value and a.huber_delta is None:
+            return self._fused_loss(mb, adv, logprob, entropy, value, weight)
         pg_loss, pm = ppo_policy_loss(
             logprob,
             mb["logprob"],
@@ -146,8 +156,12 @@ class EmbodiedActor:
             clip_ratio_high=a.clip_ratio_high,
             clip_ratio_c=a.clip_ratio_c,
         )
-        ent = masked_mean(entropy, mask)
-        loss = pg_loss - a.entropy_bonus * ent
+        if a.entropy_bonus:
+            ent = masked_mean(entropy, mask)
+            loss = pg_loss - a.entropy_bonus * ent
+        else:  # only logged: keep it out of the graph
+            ent = masked_mean(entropy.detach(), mask)
+            loss = pg_loss
         metrics = {
             "train/policy_loss": pg_loss.detach(),
             "train/entropy": ent.detach(),
@@ -162,6 +176,7 @@ class EmbodiedActor:
                 mask,
                 clip=a.value_clip,
                 huber_delta=a.huber_delta,
+                with_metrics=False,
             )
             loss = loss + a.value_loss_coef * v_loss
             metrics["train/value_loss"] = v_loss.detach()
@@ -169,6 +184,36 @@ class EmbodiedActor:
             loss = loss + 0.0 * value.sum()  # keep the critic in the graph for FSDP's reduce
         (loss * weight).backward()
         return metrics
+
+    def _fused_loss(self, mb, adv, logprob, entropy, value, weight: float):
+        """The common case (every row valid, MSE critic): one fused loss node (same math)."""
+        a = self.cfg.algorithm
+        loss, m = ppo_actor_critic_loss(
+            logprob,
+            value,
+            mb["logprob"],
+            adv,
+            mb["value"],
+            mb["return"],
+            clip_ratio_low=a.clip_ratio_low,
+            clip_ratio_high=a.clip_ratio_high,
+            clip_ratio_c=a.clip_ratio_c,
+            value_clip=a.value_clip,
+            value_coef=a.value_loss_coef,
+        )
+        if a.entropy_bonus:
+            ent = entropy.mean()
+            loss = loss - a.entropy_bonus * ent
+        else:
+            ent = entropy.detach().mean()
+        (loss * weight if weight != 1.0 else loss).backward()
+        return {
+            "train/policy_loss": m["policy_loss"],
+            "train/entropy": ent.detach(),
+            "train/approx_kl": m["approx_kl"],
+            "train/clip_frac": m["clip_frac"],
+            "train/value_loss": m["value_loss"],
+        }
 
     def state_dict(self) -> dict:
         from torch.distributed.checkpoint.state_dict import get_state_dict

@@ -20,8 +20,10 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer
             continue
         (value if any(m in name for m in VALUE_PARAM_MARKERS) else policy).append(p)
     groups = [{"params": policy, "lr": cfg.lr}]
-    if value:
-        groups.append({"params": value, "lr": cfg.value_lr if cfg.value_lr is not None else cfg.lr})
+    if cfg.value_lr is not None and cfg.value_lr != cfg.lr:
+        groups.append({"params": value, "lr": cfg.value_lr})
+    else:  # one group: one fused kernel and one Python pass per step
+        policy += value
     cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
     groups = [g for g in groups if g["params"]]
     return cls(
