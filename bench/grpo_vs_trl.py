@@ -117,7 +117,7 @@ def run_ours(args, model_dir: Path, data: Path, placement: str, nproc: int, back
         f"algorithm.length_params.max_new_token={args.gen_len}",
         "algorithm.recompute_logprobs=true",
         f"actor.global_batch_size={args.prompts * args.group}",
-        f"actor.micro_batch_size={args.micro}",
+        f"actor.micro_batch_size={args.ours_micro or args.micro}",
         "actor.optim.lr=1e-6",
         f"rollout.backend={backend}",
         "reward.num_workers=4",
@@ -269,6 +269,11 @@ def main() -> None:
     ap.add_argument("--prompt-len", type=int, default=128)
     ap.add_argument("--gen-len", type=int, default=256)
     ap.add_argument("--micro", type=int, default=16)
+    ap.add_argument(
+        "--ours-micro",
+        type=int,
+        help="our actor's micro-batch (memory knob, not an algorithm setting; default --micro)",
+    )
     ap.add_argument("--beta", type=float, default=0.0)
     ap.add_argument("--steps", type=int, default=2)
     ap.add_argument("--warmup", type=int, default=1)
