@@ -10,7 +10,7 @@ from rlinf.algorithms import masked_mean, normalize_advantages, ppo_policy_loss,
 from rlinf.algorithms.fused_loss import ppo_actor_critic_loss
 from rlinf.config import RLinfConfig
 from rlinf.dist.batch import TensorBatch, balanced_sizes
-from rlinf.train.optim import build_optimizer, build_scheduler
+from rlinf.train.optim import build_optimizer, build_scheduler, direct_fused_step
 
 
 def _prefer_fused_adam(optim: torch.optim.Optimizer) -> None:
@@ -64,6 +64,7 @@ class EmbodiedActor:
             self.model = model
             self.optim = build_optimizer(self.model, cfg.actor.optim)
             _prefer_fused_adam(self.optim)
+        self._opt_step = direct_fused_step(self.optim) or self.optim.step
         updates = total_updates * cfg.algorithm.update_epoch * num_minibatches
         self.sched = build_scheduler(self.optim, cfg.actor.optim, updates)
         self.gen = torch.Generator().manual_seed(seed)
@@ -104,7 +105,7 @@ class EmbodiedActor:
                     count += 1
                     epoch_kl.append(m["train/approx_kl"])
                 grad_norms += [self._clip_grad_norm()] * n_micro
-                self.optim.step()
+                self._opt_step()
                 self.sched.step()
             if a.target_kl is not None:
                 kl = torch.stack(epoch_kl).mean().reshape(1)
