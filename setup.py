@@ -30,7 +30,15 @@ EXTRAS = {
     "docs": ["sphinx>=7"],
 }
 EXTRAS["test"] = sorted(
-    {*EMBODIED, *REASON, "pytest>=8", "pytest-timeout>=2.3", "ruff>=0.6", "mpi4py>=3.1", "psutil>=5.9"}
+    {
+        *EMBODIED,
+        *REASON,
+        "pytest>=8",
+        "pytest-timeout>=2.3",
+        "ruff>=0.6",
+        "mpi4py>=3.1",
+        "psutil>=5.9",
+    }
 )
 EXTRAS["all"] = sorted({*EMBODIED, *REASON, *EXTRAS["test"], *EXTRAS["bench"]})
 
