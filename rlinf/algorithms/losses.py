@@ -252,8 +252,20 @@ def _rows(x: Tensor, chunk_size: int | None):
         yield start, min(start + step, n)
 
 
-def _compute_dtype(x: Tensor) -> torch.dtype:
+def compute_dtype(x: Tensor) -> torch.dtype:
+    """float64 for float64 logits, else float32: the dtype log-prob math runs in."""
     return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def check_token_logits(fn: str, logits: Tensor, tokens: Tensor, temperature: float) -> None:
+    """The argument checks shared by the token log-prob functions (``fn`` names the caller)."""
+    if temperature <= 0:
+        raise ValueError(f"{fn}: temperature must be > 0 (got {temperature})")
+    if logits.shape[:-1] != tokens.shape:
+        raise ValueError(
+            f"{fn}: logits {tuple(logits.shape)} do not match tokens "
+            f"{tuple(tokens.shape)} (expected logits of shape tokens.shape + [V])"
+        )
 
 
 def entropy_from_logits(logits: Tensor, chunk_size: int | None = None) -> Tensor:
@@ -265,7 +277,7 @@ def entropy_from_logits(logits: Tensor, chunk_size: int | None = None) -> Tensor
     bounds the float32 temporaries for a big ``[B, L, V]`` (useful under ``no_grad``).
     """
     flat = logits.reshape(-1, logits.shape[-1])
-    dtype = _compute_dtype(logits)
+    dtype = compute_dtype(logits)
     parts = []
     for s, e in _rows(flat, chunk_size):
         logp = torch.log_softmax(flat[s:e].to(dtype), dim=-1)
@@ -288,16 +300,10 @@ def logprobs_from_logits(
     the float32 upcast happens per chunk of ``chunk_size`` rows. ``temperature`` must
     match the sampler's so that the log-probs are those of the sampling distribution.
     """
-    if temperature <= 0:
-        raise ValueError(f"logprobs_from_logits: temperature must be > 0 (got {temperature})")
-    if logits.shape[:-1] != tokens.shape:
-        raise ValueError(
-            f"logprobs_from_logits: logits {tuple(logits.shape)} do not match tokens "
-            f"{tuple(tokens.shape)} (expected logits of shape tokens.shape + [V])"
-        )
+    check_token_logits("logprobs_from_logits", logits, tokens, temperature)
     flat = logits.reshape(-1, logits.shape[-1])
     idx = tokens.reshape(-1, 1).long()
-    dtype = _compute_dtype(logits)
+    dtype = compute_dtype(logits)
     parts = []
     for s, e in _rows(flat, chunk_size):
         x = flat[s:e].to(dtype)

@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from rlinf.algorithms.losses import check_token_logits, compute_dtype
+
 CHUNK_ELEMENTS = 1 << 26  # float32 temporaries of one chunk: 256 MiB
 
 
@@ -21,13 +23,9 @@ def _chunk_rows(n_rows: int, vocab: int, chunk_rows: int | None) -> int:
     return max(1, min(n_rows, chunk_rows))
 
 
-def _compute_dtype(x: Tensor) -> torch.dtype:
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
-
-
 def _scaled(rows: Tensor, temperature: float) -> tuple[Tensor, bool]:
     """``rows / temperature`` in the compute dtype, and whether it is a fresh tensor (writable)."""
-    dtype = _compute_dtype(rows)
+    dtype = compute_dtype(rows)
     if temperature != 1.0:
         return rows.to(dtype) / temperature, True
     return rows.to(dtype), rows.dtype != dtype
@@ -37,7 +35,7 @@ class _TokenLogProbs(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits: Tensor, tokens: Tensor, temperature: float, chunk: int) -> Tensor:
         n = logits.shape[0]
-        dtype = _compute_dtype(logits)
+        dtype = compute_dtype(logits)
         lp = torch.empty(n, dtype=dtype, device=logits.device)
         lse = torch.empty(n, dtype=dtype, device=logits.device)
         for s in range(0, n, chunk):
@@ -81,18 +79,12 @@ def token_logprobs(
     ``logits``, whose gradient comes back in their dtype. ``chunk_rows`` bounds the float32
     temporaries (default: 256 MiB worth of rows).
     """
-    if temperature <= 0:
-        raise ValueError(f"token_logprobs: temperature must be > 0 (got {temperature})")
-    if logits.shape[:-1] != tokens.shape:
-        raise ValueError(
-            f"token_logprobs: logits {tuple(logits.shape)} do not match tokens "
-            f"{tuple(tokens.shape)} (expected logits of shape tokens.shape + [V])"
-        )
+    check_token_logits("token_logprobs", logits, tokens, temperature)
     v = logits.shape[-1]
     flat = logits.reshape(-1, v)
     idx = tokens.reshape(-1).long()
     if flat.shape[0] == 0:
-        return logits.new_zeros(tokens.shape, dtype=_compute_dtype(logits))
+        return logits.new_zeros(tokens.shape, dtype=compute_dtype(logits))
     chunk = _chunk_rows(flat.shape[0], v, chunk_rows)
     return _TokenLogProbs.apply(flat, idx, float(temperature), chunk).reshape(tokens.shape)
 
@@ -105,7 +97,7 @@ def token_entropy(
     (a metric); chunked like :func:`token_logprobs`."""
     v = logits.shape[-1]
     flat = logits.reshape(-1, v)
-    out = torch.empty(flat.shape[0], dtype=_compute_dtype(logits), device=logits.device)
+    out = torch.empty(flat.shape[0], dtype=compute_dtype(logits), device=logits.device)
     chunk = _chunk_rows(flat.shape[0], v, chunk_rows)
     for s in range(0, flat.shape[0], chunk):
         x, _ = _scaled(flat[s : s + chunk], temperature)
