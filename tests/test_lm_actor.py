@@ -8,8 +8,9 @@ import torch.distributed as dist
 
 from rlinf.algorithms import entropy_from_logits, logprobs_from_logits, ppo_policy_loss
 from rlinf.dist.batch import TensorBatch, balanced_sizes
-from rlinf.train.lm_actor import fused_adam_if_possible, token_spans, token_window
+from rlinf.train.lm_actor import token_spans, token_window
 from rlinf.train.logprob import token_entropy, token_logprobs
+from rlinf.train.optim import fused_adam_if_possible
 
 CORPUS = [
     f"Which is larger, {a} or {b}? \\boxed{{{max(a, b)}}}" for a in range(30) for b in range(9)

@@ -10,28 +10,12 @@ from rlinf.algorithms import masked_mean, normalize_advantages, ppo_policy_loss,
 from rlinf.algorithms.fused_loss import ppo_actor_critic_loss
 from rlinf.config import RLinfConfig
 from rlinf.dist.batch import TensorBatch, balanced_sizes
-from rlinf.train.optim import build_optimizer, build_scheduler, direct_fused_step
-
-
-def _prefer_fused_adam(optim: torch.optim.Optimizer) -> None:
-    """Switch a fresh Adam/AdamW on plain (unsharded) float parameters to the fused kernel.
-
-    Small policies on CPU take hundreds of optimizer steps per update; the fused kernel is about
-    twice as fast as the per-parameter loop. Must run before the first ``step()``.
-    """
-    if not isinstance(optim, torch.optim.Adam | torch.optim.AdamW) or optim.state:
-        return
-    params = [p for g in optim.param_groups for p in g["params"]]
-    if not params or not all(type(p) is nn.Parameter and p.is_floating_point() for p in params):
-        return
-    if {p.device.type for p in params} - {"cpu", "cuda"}:
-        return
-    for g in optim.param_groups:
-        if g.get("foreach") or g.get("differentiable"):
-            return
-    for g in optim.param_groups:
-        g["fused"] = True
-    optim.defaults["fused"] = True
+from rlinf.train.optim import (
+    build_optimizer,
+    build_scheduler,
+    direct_fused_step,
+    fused_adam_if_possible,
+)
 
 
 class EmbodiedActor:
@@ -62,8 +46,10 @@ class EmbodiedActor:
             self.optim = build_optimizer(self.model, cfg.actor.optim)
         else:  # one actor rank: sharding would only add collectives
             self.model = model
-            self.optim = build_optimizer(self.model, cfg.actor.optim)
-            _prefer_fused_adam(self.optim)
+            # Small policies take hundreds of optimizer steps per update: one kernel each.
+            self.optim = fused_adam_if_possible(
+                build_optimizer(self.model, cfg.actor.optim), device_type=("cpu", "cuda")
+            )
         self._opt_step = direct_fused_step(self.optim) or self.optim.step
         updates = total_updates * cfg.algorithm.update_epoch * num_minibatches
         self.sched = build_scheduler(self.optim, cfg.actor.optim, updates)

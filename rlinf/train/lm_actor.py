@@ -29,7 +29,7 @@ from rlinf.config import RLinfConfig
 from rlinf.dist.batch import TensorBatch, balanced_sizes
 from rlinf.train.fsdp import actor_mesh, clip_grad_norm_, full_state_dict, shard_model
 from rlinf.train.logprob import token_entropy, token_logprobs
-from rlinf.train.optim import build_optimizer, build_scheduler
+from rlinf.train.optim import build_optimizer, build_scheduler, fused_adam_if_possible
 from rlinf.utils.dtypes import DTYPES
 
 
@@ -420,26 +420,4 @@ def token_window(spans: torch.Tensor, L: int) -> tuple[int, int]:
     return lo, hi
 
 
-def fused_adam_if_possible(
-    opt: torch.optim.Optimizer, device_type: str = "cuda"
-) -> torch.optim.Optimizer:
-    """The same Adam/AdamW with ``fused=True`` (one kernel per step) when every parameter is a
-    plain floating-point tensor on ``device_type`` and no step was taken yet; else ``opt``."""
-    params = [p for g in opt.param_groups for p in g["params"]]
-    if (
-        type(opt) not in (torch.optim.Adam, torch.optim.AdamW)
-        or opt.state
-        or not params
-        or any(
-            p.device.type != device_type or not p.is_floating_point() or hasattr(p, "device_mesh")
-            for p in params
-        )
-    ):
-        return opt
-    groups = [
-        {k: v for k, v in g.items() if k not in ("fused", "foreach")} for g in opt.param_groups
-    ]
-    return type(opt)(groups, fused=True)
-
-
-__all__ = ["LMActor", "fused_adam_if_possible", "token_spans", "token_window"]
+__all__ = ["LMActor", "token_spans", "token_window"]

@@ -53,6 +53,30 @@ def build_scheduler(
     return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total_steps, cfg))
 
 
+def fused_adam_if_possible(
+    opt: torch.optim.Optimizer, device_type: str | tuple[str, ...] = "cuda"
+) -> torch.optim.Optimizer:
+    """The same Adam/AdamW with ``fused=True`` (one kernel per step) when every parameter is a
+    plain (not sharded) floating-point tensor on ``device_type`` (one type or several) and no
+    step was taken yet; else ``opt``."""
+    types = (device_type,) if isinstance(device_type, str) else device_type
+    params = [p for g in opt.param_groups for p in g["params"]]
+    if (
+        type(opt) not in (torch.optim.Adam, torch.optim.AdamW)
+        or opt.state
+        or not params
+        or any(
+            p.device.type not in types or not p.is_floating_point() or hasattr(p, "device_mesh")
+            for p in params
+        )
+    ):
+        return opt
+    groups = [
+        {k: v for k, v in g.items() if k not in ("fused", "foreach")} for g in opt.param_groups
+    ]
+    return type(opt)(groups, fused=True)
+
+
 def direct_fused_step(opt: torch.optim.Optimizer):
     """A ``step()`` for a fused single-group Adam/AdamW that calls torch's fused kernel itself.
 
