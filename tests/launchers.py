@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -73,3 +74,9 @@ def mpirun(nproc: int, config: str, *overrides: str, **kw) -> subprocess.Complet
         *overrides,
     ]
     return run(cmd, **kw)
+
+
+def read_metrics(out: Path) -> list[dict]:
+    """The rows of a run's ``metrics.jsonl`` (``out`` is its output dir or the file itself)."""
+    path = out if out.suffix == ".jsonl" else out / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -1,6 +1,5 @@
 """End-to-end embodied runs under torchrun on CPU: every placement, learning, kill and resume."""
 
-import json
 import signal
 import subprocess
 import sys
@@ -8,7 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
-from launchers import REPO, base_env, torchrun
+from launchers import REPO, base_env, read_metrics, torchrun
 
 REQUIRED = [
     "env/return_mean",
@@ -23,10 +22,6 @@ REQUIRED = [
     "time/train_s",
     "time/sync_s",
 ]
-
-
-def metrics(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
 @pytest.mark.parametrize(
@@ -51,7 +46,7 @@ def test_every_placement_runs_logs_and_checkpoints(tmp_path, config, nproc):
         timeout=300,
     )
     assert p.returncode == 0, p.stderr[-3000:]
-    rows = metrics(out)
+    rows = read_metrics(out)
     keys = set().union(*rows)
     need = REQUIRED + ([] if "grpo" in config else ["train/value_loss"])  # grpo: no critic
     assert not [k for k in need if k not in keys], sorted(keys)
@@ -68,7 +63,7 @@ def test_cartpole_ppo_learns_to_the_target(tmp_path):
     p = torchrun(3, "cartpole_ppo.yaml", f"runner.output_dir={out}", timeout=400)
     elapsed = time.monotonic() - t0
     assert p.returncode == 0, p.stderr[-3000:]
-    best = max(r.get("eval/return_mean", 0) for r in metrics(out))
+    best = max(r.get("eval/return_mean", 0) for r in read_metrics(out))
     assert best >= 475, best
     print(f"cartpole_ppo reached eval/return_mean {best} in {elapsed:.0f}s wall")
 
@@ -138,8 +133,8 @@ def test_sigkill_after_second_checkpoint_then_resume_matches_uninterrupted(tmp_p
     assert p2.returncode == 0, out2[-3000:]
     resumed = [line for line in out2.splitlines() if "resumed from" in line]
     assert resumed and resumed[0].endswith(f"global_step_{killed_at} at step {killed_at}"), resumed
-    want = _comparable(metrics(tmp_path / "ref"), killed_at)
-    got = _comparable(metrics(run), killed_at)  # later lines (the resumed run's) win
+    want = _comparable(read_metrics(tmp_path / "ref"), killed_at)
+    got = _comparable(read_metrics(run), killed_at)  # later lines (the resumed run's) win
     assert set(got) == set(want) == set(range(killed_at + 1, 11))
     for step in want:
         assert got[step] == want[step], step

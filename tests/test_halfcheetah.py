@@ -7,7 +7,6 @@ benchmark reading its hyperparameters from the config.
 """
 
 import importlib.util
-import json
 from pathlib import Path
 
 import gymnasium as gym
@@ -15,7 +14,7 @@ import pytest
 import torch
 import torch.distributed as dist
 from distributed import run_distributed
-from launchers import REPO, torchrun
+from launchers import REPO, read_metrics, torchrun
 
 from rlinf.algorithms import gae
 from rlinf.config import load_config
@@ -172,7 +171,7 @@ def test_short_run_logs_evaluates_and_checkpoints_normalisation(tmp_path):
         timeout=300,
     )
     assert p.returncode == 0, p.stderr[-3000:]
-    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    rows = read_metrics(out)
     evals = {r["step"]: r for r in rows if "eval/return_mean" in r}
     assert sorted(evals) == [0, 1, 2]
     assert all(r["eval/episode_len_mean"] == 30 for r in evals.values())  # frozen after 30

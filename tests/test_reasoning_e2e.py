@@ -1,10 +1,7 @@
 """End-to-end LLM reasoning runs on CPU under torchrun: colocated and disaggregated, export, resume."""
 
-import json
-from pathlib import Path
-
 import pytest
-from launchers import torchrun
+from launchers import read_metrics, torchrun
 
 SHORT = [
     "runner.max_steps=2",
@@ -19,10 +16,6 @@ SHORT = [
     "actor.micro_batch_size=8",
     "algorithm.length_params.max_new_token=6",
 ]
-
-
-def rows(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
 @pytest.mark.parametrize(
@@ -42,7 +35,7 @@ def test_math_grpo_tiny_runs_and_exports_a_loadable_model(tmp_path, placement):
         timeout=400,
     )
     assert p.returncode == 0, p.stderr[-4000:]
-    m = rows(out)
+    m = read_metrics(out)
     keys = set().union(*m)
     for k in [
         "train/reward_mean",
@@ -80,7 +73,7 @@ def test_math_grpo_tiny_runs_and_exports_a_loadable_model(tmp_path, placement):
     )
     assert p2.returncode == 0, p2.stderr[-4000:]
     assert "at step 2" in p2.stderr
-    assert [r["step"] for r in rows(out) if "train/reward_mean" in r] == [1, 2, 3]
+    assert [r["step"] for r in read_metrics(out) if "train/reward_mean" in r] == [1, 2, 3]
 
 
 def test_missing_model_path_is_a_clear_error(tmp_path):
@@ -110,6 +103,6 @@ def test_sft_tiny_lowers_eval_loss_and_exports(tmp_path):
         timeout=400,
     )
     assert p.returncode == 0, p.stderr[-4000:]
-    losses = [r["eval/loss"] for r in rows(out) if "eval/loss" in r]
+    losses = [r["eval/loss"] for r in read_metrics(out) if "eval/loss" in r]
     assert len(losses) == 3 and losses[-1] < 0.5 * losses[0], losses
     assert (out / "hf_model" / "model.safetensors").is_file()

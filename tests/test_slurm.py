@@ -11,10 +11,9 @@ import logging
 import re
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
-from launchers import REPO, base_env
+from launchers import REPO, base_env, read_metrics
 from slurm_jobs import TERMINAL, cancel, job_info, require_slurm, submit, wait
 
 from rlinf.dist.slurm import in_slurm_job, requeue_current_job, restart_count
@@ -41,10 +40,6 @@ def _dry_run(script: str, **env: str) -> subprocess.CompletedProcess:
         text=True,
         timeout=120,
     )
-
-
-def _metrics(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def test_math_32node_dry_run_prints_256_rank_map_and_srun_line():
@@ -119,7 +114,7 @@ def test_sbatch_2_nodes_x_2_tasks_trains_and_writes_metrics(tmp_path):
     text = log.read_text() if log.exists() else ""
     assert info["JobState"] == "COMPLETED" and info["ExitCode"] == "0:0", text[-4000:]
     assert "srun --nodes=2 --ntasks-per-node=2 --kill-on-bad-exit=1" in text
-    rows = _metrics(out / "metrics.jsonl")
+    rows = read_metrics(out / "metrics.jsonl")
     assert [r["step"] for r in rows] == [1, 2, 3]
     assert all(r["env/return_mean"] > 0 and "train/policy_loss" in r for r in rows)
     assert (out / "checkpoints" / "global_step_3").is_dir()  # the final checkpoint
@@ -172,7 +167,7 @@ def test_sigusr1_checkpoints_requeues_and_the_job_resumes(tmp_path):
     assert f"requeueing Slurm job {job}" in first
     assert 1 <= k < 8
     assert re.search(rf"resumed from \S+global_step_{k} at step {k}", second), second[-3000:]
-    steps = [r["step"] for r in _metrics(out / "metrics.jsonl")]
+    steps = [r["step"] for r in read_metrics(out / "metrics.jsonl")]
     assert steps == list(range(1, 9)), steps  # run 1 wrote 1..k, the resumed run k+1..8
 
 
