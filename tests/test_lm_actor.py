@@ -87,6 +87,32 @@ def test_fused_adam_same_steps_and_only_for_plain_params_of_the_device(cls):
     torch.testing.assert_close(p, q)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_token_logprobs_match_the_eager_chunks(dtype):
+    """The compiled chunk kernels give the eager path's values and gradients (a ragged last chunk
+    and a temperature included)."""
+    g = torch.Generator().manual_seed(0)
+    logits = (torch.randn(2, 7, 53, generator=g) * 4).to(dtype)
+    tokens = torch.randint(0, 53, (2, 7), generator=g)
+    w = torch.randn(2, 7, generator=g)
+    a = logits.clone().requires_grad_()
+    b = logits.clone().requires_grad_()
+    got = token_logprobs(a, tokens, 0.7, chunk_rows=4, fused=True)
+    want = token_logprobs(b, tokens, 0.7, chunk_rows=4)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    (got * w).sum().backward()
+    (want * w).sum().backward()
+    assert a.grad.dtype == dtype
+    tol = 1e-5 if dtype == torch.float32 else 1e-2
+    torch.testing.assert_close(a.grad, b.grad, atol=tol, rtol=tol)
+    torch.testing.assert_close(
+        token_entropy(logits, 0.7, chunk_rows=4, fused=True),
+        token_entropy(logits, 0.7, chunk_rows=4),
+        atol=1e-5,
+        rtol=1e-5,
+    )
+
+
 # -- the actor on one gloo rank ---------------------------------------------------------------
 @pytest.fixture(scope="module")
 def world1():
@@ -220,6 +246,40 @@ def test_update_equals_plain_full_logits_update(world1, model_dir, on_policy):
     assert stats["train/grad_norm"][0] == pytest.approx(float(gn), rel=1e-4)
     for p, q in zip(actor.model.parameters(), ref_model.parameters(), strict=True):
         torch.testing.assert_close(p, q, atol=1e-6, rtol=1e-5)
+
+
+def test_compiled_layers_give_the_eager_update(world1, model_dir):
+    """actor.model.torch_compile: compiled decoder layers and fused log-prob kernels change
+    nothing but speed (parameters after one update equal the eager actor's)."""
+    eager = _actor(model_dir)
+    compiled = _actor(model_dir, **{"actor.model.torch_compile": "true"})
+    b = _batch(eager.model.config.vocab_size)
+    se = eager.update(b, on_policy=True)
+    sc = compiled.update(b, on_policy=True)
+    assert sc["train/grad_norm"][0] == pytest.approx(se["train/grad_norm"][0], rel=1e-4)
+    for p, q in zip(compiled.model.parameters(), eager.model.parameters(), strict=True):
+        torch.testing.assert_close(p, q, atol=1e-6, rtol=1e-5)
+
+
+def _fsdp_compiled_update(rank, world, model_dir):
+    torch.manual_seed(0)
+    eager = _actor(model_dir)
+    compiled = _actor(model_dir, **{"actor.model.torch_compile": "true"})
+    b = _batch(eager.model.config.vocab_size)[rank * 3 : rank * 3 + 3]
+    eager.update(b, on_policy=True)
+    compiled.update(b, on_policy=True)
+    return [
+        float((p.full_tensor() - q.full_tensor()).abs().max())
+        for p, q in zip(compiled.model.parameters(), eager.model.parameters(), strict=True)
+    ]
+
+
+def test_compiled_layers_under_fsdp2_give_the_eager_update(model_dir):
+    """Two gloo actor ranks (FSDP2 hooks around the compiled layers): same update as eager."""
+    from distributed import run_distributed
+
+    for diffs in run_distributed(_fsdp_compiled_update, 2, model_dir, timeout=300):
+        assert max(diffs) < 1e-6
 
 
 def _adam_kwargs(opt):

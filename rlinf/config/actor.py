@@ -33,6 +33,9 @@ class ModelConfig:
     tanh_squash: bool = False
     precision: Literal["fp32", "bf16", "fp16"] | None = None  # default: bf16 on GPU, fp32 on CPU
     gradient_checkpointing: bool = False
+    # causal_lm: compile each decoder layer with torch.compile (fuses the norm, rotary and MLP
+    # element-wise work; the first update pays the compilation)
+    torch_compile: bool = False
     tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
 
 

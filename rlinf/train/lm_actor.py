@@ -61,6 +61,11 @@ class LMActor:
                 gradient_checkpointing_kwargs={"use_reentrant": False}
             )
         model.config.use_cache = False
+        if train and self.cfg.actor.model.torch_compile:
+            # the layers' forward only: FSDP2's hooks and checkpointing stay eager around it;
+            # the layers share one compiled graph (two: static, then dynamic sequence length)
+            for layer in getattr(getattr(model, "model", None), "layers", None) or []:
+                layer.forward = torch.compile(layer.forward)
         fsdp_cfg = self.cfg.actor.fsdp_config
         if self.device.type == "cuda" and fsdp_cfg.param_dtype is None:
             from dataclasses import replace
@@ -128,13 +133,14 @@ class LMActor:
                 **extra,
             ).logits
         logits = logits[:, -keep:]  # a no-op when the model kept only those
-        lp = F.pad(token_logprobs(logits, ids[:, lo:hi], temperature), (lo, L - hi))
+        fused = self.cfg.actor.model.torch_compile
+        lp = F.pad(token_logprobs(logits, ids[:, lo:hi], temperature, fused=fused), (lo, L - hi))
         ent = None
         if entropy:
             if torch.is_grad_enabled() and self.cfg.algorithm.entropy_bonus > 0:
                 ent = entropy_from_logits(logits / temperature)  # a loss term: with grad
             else:
-                ent = token_entropy(logits.detach(), temperature)  # a metric
+                ent = token_entropy(logits.detach(), temperature, fused=fused)  # a metric
             ent = F.pad(ent, (lo, L - hi))
         return lp, ent
 

@@ -5,6 +5,11 @@ With a vocabulary of 150k, the logits of one micro-batch are gigabytes: a plain
 several float32 passes over it. :func:`token_logprobs` instead keeps only the (bf16) logits
 and one float32 log-sum-exp per row; the float32 work happens a chunk of rows at a time, in
 the forward and again in the backward, which writes the logits' gradient in their own dtype.
+
+``fused=True`` runs each chunk's forward and backward as ``torch.compile``d functions: one
+kernel reads the chunk's logits once and writes its log-sum-exp (forward), or its gradient
+(backward), with the float32 values only in registers. Same results to float32 rounding; the
+first call of each pays the compilation.
 """
 
 from __future__ import annotations
@@ -31,21 +36,67 @@ def _scaled(rows: Tensor, temperature: float) -> tuple[Tensor, bool]:
     return rows.to(dtype), rows.dtype != dtype
 
 
+def _fused_forward(rows: Tensor, tokens: Tensor, temperature: float) -> tuple[Tensor, Tensor]:
+    """``(log p(token), log-sum-exp)`` of each row of ``rows / temperature``, in float32."""
+    x = rows.float() / temperature
+    lse = torch.logsumexp(x, dim=-1)
+    return x.gather(-1, tokens[:, None]).squeeze(-1) - lse, lse
+
+
+def _fused_backward(rows: Tensor, tokens: Tensor, lse: Tensor, g: Tensor, temperature: float):
+    """``g * d log p(token) / d rows = g / t * (onehot(token) - softmax(rows / t))``, in the dtype
+    of ``rows``; the one-hot is a comparison, so the whole chunk is one element-wise kernel."""
+    x = rows.float() / temperature
+    cols = torch.arange(rows.shape[-1], device=rows.device)
+    onehot = (cols[None, :] == tokens[:, None]).float()
+    grad = (onehot - torch.exp(x - lse[:, None])) * (g / temperature)[:, None]
+    return grad.to(rows.dtype)
+
+
+def _fused_entropy(rows: Tensor, temperature: float) -> Tensor:
+    """Entropy of each row's ``softmax(rows / temperature)``."""
+    x = rows.float() / temperature
+    logp = x - torch.logsumexp(x, dim=-1, keepdim=True)
+    p = torch.exp(logp)
+    return -(p * torch.where(p > 0, logp, 0.0)).sum(-1)
+
+
+_COMPILED: dict[str, object] = {}
+
+
+def _compiled(name: str):
+    if name not in _COMPILED:
+        fn = {"forward": _fused_forward, "backward": _fused_backward, "entropy": _fused_entropy}[
+            name
+        ]
+        _COMPILED[name] = torch.compile(fn, dynamic=True)
+    return _COMPILED[name]
+
+
 class _TokenLogProbs(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, logits: Tensor, tokens: Tensor, temperature: float, chunk: int) -> Tensor:
+    def forward(
+        ctx, logits: Tensor, tokens: Tensor, temperature: float, chunk: int, fused: bool
+    ) -> Tensor:
         n = logits.shape[0]
         dtype = compute_dtype(logits)
         lp = torch.empty(n, dtype=dtype, device=logits.device)
         lse = torch.empty(n, dtype=dtype, device=logits.device)
+        fwd = _compiled("forward") if fused else None
         for s in range(0, n, chunk):
+            if fwd is not None:
+                lp[s : s + chunk], lse[s : s + chunk] = fwd(
+                    logits[s : s + chunk], tokens[s : s + chunk], temperature
+                )
+                continue
             x, _ = _scaled(logits[s : s + chunk], temperature)
             lse[s : s + chunk] = torch.logsumexp(x, dim=-1)
             lp[s : s + chunk] = x.gather(-1, tokens[s : s + chunk, None]).squeeze(-1)
             del x
-        lp.sub_(lse)
+        if fwd is None:
+            lp.sub_(lse)
         ctx.save_for_backward(logits, tokens, lse)
-        ctx.temperature, ctx.chunk = temperature, chunk
+        ctx.temperature, ctx.chunk, ctx.fused = temperature, chunk, fused
         return lp
 
     @staticmethod
@@ -54,6 +105,12 @@ class _TokenLogProbs(torch.autograd.Function):
         t, chunk = ctx.temperature, ctx.chunk
         grad = torch.empty_like(logits)
         g = grad_lp.to(lse.dtype)
+        if ctx.fused:
+            bwd = _compiled("backward")
+            for s in range(0, logits.shape[0], chunk):
+                e = s + chunk
+                grad[s:e] = bwd(logits[s:e], tokens[s:e], lse[s:e], g[s:e], t)
+            return grad, None, None, None, None
         if t != 1.0:
             g = g / t  # d x / d logits = 1 / t
         for s in range(0, logits.shape[0], chunk):
@@ -66,18 +123,23 @@ class _TokenLogProbs(torch.autograd.Function):
             p.scatter_add_(-1, tokens[s : s + chunk, None], gs)
             grad[s : s + chunk] = p
             del x, p
-        return grad, None, None, None
+        return grad, None, None, None, None
 
 
 def token_logprobs(
-    logits: Tensor, tokens: Tensor, temperature: float = 1.0, chunk_rows: int | None = None
+    logits: Tensor,
+    tokens: Tensor,
+    temperature: float = 1.0,
+    chunk_rows: int | None = None,
+    fused: bool = False,
 ) -> Tensor:
     """``log_softmax(logits / temperature)[token]``, ``[...]`` for ``logits[..., V]``, in float32
     (float64 for float64 logits).
 
     Same values as :func:`rlinf.algorithms.logprobs_from_logits`; differentiable with respect to
     ``logits``, whose gradient comes back in their dtype. ``chunk_rows`` bounds the float32
-    temporaries (default: 256 MiB worth of rows).
+    temporaries (default: 256 MiB worth of rows); ``fused`` compiles each chunk's work into one
+    kernel (float32/bf16/fp16 logits; float64 stays on the eager path).
     """
     check_token_logits("token_logprobs", logits, tokens, temperature)
     v = logits.shape[-1]
@@ -86,19 +148,25 @@ def token_logprobs(
     if flat.shape[0] == 0:
         return logits.new_zeros(tokens.shape, dtype=compute_dtype(logits))
     chunk = _chunk_rows(flat.shape[0], v, chunk_rows)
-    return _TokenLogProbs.apply(flat, idx, float(temperature), chunk).reshape(tokens.shape)
+    fused = fused and flat.dtype != torch.float64
+    return _TokenLogProbs.apply(flat, idx, float(temperature), chunk, fused).reshape(tokens.shape)
 
 
 @torch.no_grad()
 def token_entropy(
-    logits: Tensor, temperature: float = 1.0, chunk_rows: int | None = None
+    logits: Tensor, temperature: float = 1.0, chunk_rows: int | None = None, fused: bool = False
 ) -> Tensor:
     """Entropy ``[...]`` of ``softmax(logits[..., V] / temperature)`` in float32, without grad
-    (a metric); chunked like :func:`token_logprobs`."""
+    (a metric); chunked (and ``fused``) like :func:`token_logprobs`."""
     v = logits.shape[-1]
     flat = logits.reshape(-1, v)
     out = torch.empty(flat.shape[0], dtype=compute_dtype(logits), device=logits.device)
     chunk = _chunk_rows(flat.shape[0], v, chunk_rows)
+    if fused and flat.dtype != torch.float64:
+        ent = _compiled("entropy")
+        for s in range(0, flat.shape[0], chunk):
+            out[s : s + chunk] = ent(flat[s : s + chunk], temperature)
+        return out.reshape(logits.shape[:-1])
     for s in range(0, flat.shape[0], chunk):
         x, _ = _scaled(flat[s : s + chunk], temperature)
         logp = torch.log_softmax(x, dim=-1)
