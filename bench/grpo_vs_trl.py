@@ -7,6 +7,10 @@ produced by the random model in practice), the same reward (math-verify against 
 loss aggregated as seq-mean-token-mean (TRL's "grpo" loss), KL coefficient --beta, one optimizer
 step per generation batch, micro-batches of --micro sequences, bf16 on GPU, transformers
 generation on both sides (ours: rollout.backend=hf; --ours-backend fast adds our engine).
+On GPU ours runs with ``actor.model.torch_compile`` (the GPU configs' setting; the first step
+pays the compilation, inside the warm-up). TRL's model is loaded in bf16 by default (pure bf16
+weights and optimizer); ``--trl-dtype bf16,fp32`` also runs it with float32 master weights
+under autocast, the numerics ours uses.
 
 Ours runs as the real product (torchrun + rlinf.launch, colocated on one device, and optionally
 disaggregated on two GPUs) and is read back from metrics.jsonl; TRL runs in this process. Prints
@@ -121,6 +125,7 @@ def run_ours(args, model_dir: Path, data: Path, placement: str, nproc: int, back
         "actor.optim.lr=1e-6",
         f"rollout.backend={backend}",
         "reward.num_workers=4",
+        f"actor.model.torch_compile={str(args.ours_compile).lower()}",
     ]
     cmd = [
         sys.executable,
@@ -161,7 +166,7 @@ def run_ours(args, model_dir: Path, data: Path, placement: str, nproc: int, back
     }
 
 
-def run_trl(args, model_dir: Path, texts: list[str]) -> dict:
+def run_trl(args, model_dir: Path, texts: list[str], dtype: str) -> dict:
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
@@ -182,8 +187,10 @@ def run_trl(args, model_dir: Path, texts: list[str]) -> dict:
 
     tok = AutoTokenizer.from_pretrained(model_dir)
     cuda = args.device == "cuda"
+    # bf16: the checkpoint's dtype, so pure bf16 weights and Adam states (TRL's usual setup);
+    # fp32: float32 master weights under bf16 autocast (the Trainer's bf16=True), like ours
     model = AutoModelForCausalLM.from_pretrained(
-        model_dir, dtype=torch.bfloat16 if cuda else torch.float32
+        model_dir, dtype=torch.bfloat16 if cuda and dtype == "bf16" else torch.float32
     )
     gen_times: list[float] = []
     original = model.generate
@@ -282,8 +289,22 @@ def main() -> None:
     )
     ap.add_argument("--ours-backend", default="hf", help="comma list of rollout backends for ours")
     ap.add_argument("--skip-trl", action="store_true")
+    ap.add_argument(
+        "--trl-dtype",
+        default="bf16",
+        help="comma list: bf16 (TRL's model in bf16: pure bf16 training) and/or fp32 (float32 "
+        "master weights under bf16 autocast, as ours); ratios are against the first",
+    )
+    ap.add_argument(
+        "--ours-compile",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="actor.model.torch_compile for ours (default: on for cuda)",
+    )
     ap.add_argument("--out")
     args = ap.parse_args()
+    if args.ours_compile is None:
+        args.ours_compile = args.device == "cuda"
     work = Path(tempfile.mkdtemp(prefix="grpo_bench_"))
     model_dir = work / "model"
     build_model_dir(model_dir, args.model_shape, 1000)
@@ -311,14 +332,18 @@ def main() -> None:
                 json.dumps({f"ours_{name}_{backend}": result[f"ours_{name}_{backend}"]}), flush=True
             )
     if not args.skip_trl:
-        result["trl"] = run_trl(args, model_dir, texts)
-        trl = result["trl"]
-        for k, v in list(result.items()):
-            if k.startswith("ours_") and "error" not in v:
-                v["step_ratio_trl_over_ours"] = round(trl["step_s"] / v["step_s"], 3)
-                v["non_generate_ratio_ours_over_trl"] = round(
-                    v["non_generate_s"] / trl["non_generate_s"], 3
-                )
+        for i, dtype in enumerate(args.trl_dtype.split(",")):
+            name = "trl" if i == 0 else f"trl_{dtype}"
+            result[name] = trl = run_trl(args, model_dir, texts, dtype)
+            trl["weights"] = dtype
+            print(json.dumps({name: trl}), flush=True)
+            suffix = "" if i == 0 else f"_{dtype}"
+            for k, v in list(result.items()):
+                if k.startswith("ours_") and "error" not in v:
+                    v[f"step_ratio_trl{suffix}_over_ours"] = round(trl["step_s"] / v["step_s"], 3)
+                    v[f"non_generate_ratio_ours_over_trl{suffix}"] = round(
+                        v["non_generate_s"] / trl["non_generate_s"], 3
+                    )
     text = json.dumps(result, indent=1)
     print(text)
     if args.out:

@@ -248,11 +248,19 @@ def test_update_equals_plain_full_logits_update(world1, model_dir, on_policy):
         torch.testing.assert_close(p, q, atol=1e-6, rtol=1e-5)
 
 
-def test_compiled_layers_give_the_eager_update(world1, model_dir):
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_compiled_layers_give_the_eager_update(world1, model_dir, checkpointing):
     """actor.model.torch_compile: compiled decoder layers and fused log-prob kernels change
-    nothing but speed (parameters after one update equal the eager actor's)."""
+    nothing but speed (parameters after one update equal the eager actor's), with and without
+    gradient checkpointing around the compiled layers."""
     eager = _actor(model_dir)
-    compiled = _actor(model_dir, **{"actor.model.torch_compile": "true"})
+    compiled = _actor(
+        model_dir,
+        **{
+            "actor.model.torch_compile": "true",
+            "actor.model.gradient_checkpointing": str(checkpointing).lower(),
+        },
+    )
     b = _batch(eager.model.config.vocab_size)
     se = eager.update(b, on_policy=True)
     sc = compiled.update(b, on_policy=True)
