@@ -15,6 +15,7 @@ from rlinf.models.actor_critic import MLPActorCritic
 from rlinf.train.embodied_actor import EmbodiedActor
 
 OBS, ACT = 17, gym.spaces.Box(-1.0, 1.0, (6,), np.float32)
+DISCRETE = gym.spaces.Discrete(3)
 
 
 @pytest.fixture(scope="module")
@@ -34,6 +35,8 @@ def world1():
 def _batch(model, n=256, seed=0) -> TensorBatch:
     g = torch.Generator().manual_seed(seed)
     obs, act = torch.randn(n, OBS, generator=g), torch.randn(n, 6, generator=g)
+    if model.discrete:
+        act = torch.randint(0, 3, (n,), generator=g)
     with torch.no_grad():
         lp, _, v = model.evaluate(obs, act)
     return TensorBatch(
@@ -49,14 +52,14 @@ def _batch(model, n=256, seed=0) -> TensorBatch:
     )
 
 
-def _actors(overrides, shared=False):
+def _actors(overrides, shared=False, space=ACT):
     cfg = load_config(
         "halfcheetah_ppo.yaml",
         ["algorithm.update_epoch=2", "actor.global_batch_size=64", *overrides],
         detected_accelerators=0,
     )
     torch.manual_seed(0)
-    model = MLPActorCritic(OBS, ACT, (32, 32), shared_trunk=shared, log_std_init=-0.5)
+    model = MLPActorCritic(OBS, space, (32, 32), shared_trunk=shared, log_std_init=-0.5)
     kw = dict(group=dist.group.WORLD, device=torch.device("cpu"), total_updates=3, seed=5)
     fast = EmbodiedActor(copy.deepcopy(model), cfg, num_minibatches=4, **kw)
     ref = EmbodiedActor(copy.deepcopy(model), cfg, num_minibatches=4, **kw)
@@ -65,17 +68,27 @@ def _actors(overrides, shared=False):
 
 
 CASES = {
-    "halfcheetah": ([], False),
-    "micro_batches": (["actor.micro_batch_size=24"], False),  # 64 rows as 22 + 21 + 21
-    "entropy_value_clip": (["algorithm.entropy_bonus=0.01", "algorithm.value_clip=0.2"], False),
-    "shared_trunk_dual_clip": (["algorithm.clip_ratio_c=3.0"], True),
+    "halfcheetah": ([], False, ACT),
+    "micro_batches": (["actor.micro_batch_size=24"], False, ACT),  # 64 rows as 22 + 21 + 21
+    "entropy_value_clip": (
+        ["algorithm.entropy_bonus=0.01", "algorithm.value_clip=0.2"],
+        False,
+        ACT,
+    ),
+    "shared_trunk_dual_clip": (["algorithm.clip_ratio_c=3.0"], True, ACT),
+    "discrete": ([], False, DISCRETE),
+    "discrete_entropy_micro": (
+        ["algorithm.entropy_bonus=0.05", "actor.micro_batch_size=24"],
+        True,
+        DISCRETE,
+    ),
 }
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_manual_update_equals_autograd_update(world1, case):
-    overrides, shared = CASES[case]
-    fast, ref = _actors(overrides, shared)
+    overrides, shared, space = CASES[case]
+    fast, ref = _actors(overrides, shared, space)
     assert fast._grad_path is not None
     before = copy.deepcopy(fast.model.state_dict())
     for step in range(2):  # the second update starts from the optimizer state of the first

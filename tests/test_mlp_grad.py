@@ -11,22 +11,25 @@ from rlinf.models.actor_critic import MLPActorCritic
 from rlinf.models.mlp_grad import MLPEvaluateGrad
 
 BOX = gym.spaces.Box(-1.0, 1.0, (3,), np.float32)
+DISCRETE = gym.spaces.Discrete(4)
 
 
-def _model(hidden=(16, 8), activation="tanh", shared=False, dtype=torch.float64, seed=0):
+def _model(hidden=(16, 8), activation="tanh", shared=False, dtype=torch.float64, seed=0, space=BOX):
     torch.manual_seed(seed)
-    m = MLPActorCritic(5, BOX, hidden, activation, shared_trunk=shared, log_std_init=-0.3)
+    m = MLPActorCritic(5, space, hidden, activation, shared_trunk=shared, log_std_init=-0.3)
     with torch.no_grad():  # move off the init (zero biases, heads of gain 0.01)
         for p in m.parameters():
             p.add_(0.3 * torch.randn_like(p))
     return m.to(dtype)
 
 
-def _data(B=11, seed=1, dtype=torch.float64):
+def _data(B=11, seed=1, dtype=torch.float64, space=BOX):
     g = torch.Generator().manual_seed(seed)
-    obs, act = torch.randn(B, 5, generator=g), torch.randn(B, 3, generator=g)
+    obs, act = torch.randn(B, 5, generator=g).to(dtype), torch.randn(B, 3, generator=g).to(dtype)
+    if space is DISCRETE:
+        act = torch.randint(0, 4, (B,), generator=g)
     c_lp, c_v = torch.randn(B, generator=g), torch.randn(B, generator=g)
-    return [t.to(dtype) for t in (obs, act, c_lp, c_v)]
+    return [obs, act, c_lp.to(dtype), c_v.to(dtype)]
 
 
 def _autograd_grads(model, obs, act, c_lp, c_v, ent_coef=0.0):
@@ -38,18 +41,20 @@ def _autograd_grads(model, obs, act, c_lp, c_v, ent_coef=0.0):
 
 
 CASES = [
-    ((16, 8), "tanh", False),
-    ((16, 8), "relu", False),
-    ((16, 8), "tanh", True),
-    ((7,), "relu", True),
-    ((), "tanh", False),  # no hidden layer: the heads read the observation
+    ((16, 8), "tanh", False, BOX),
+    ((16, 8), "relu", False, BOX),
+    ((16, 8), "tanh", True, BOX),
+    ((7,), "relu", True, BOX),
+    ((), "tanh", False, BOX),  # no hidden layer: the heads read the observation
+    ((16, 8), "tanh", False, DISCRETE),
+    ((7,), "relu", True, DISCRETE),
 ]
 
 
-@pytest.mark.parametrize("hidden,activation,shared", CASES)
-def test_outputs_and_gradients_equal_autograd(hidden, activation, shared):
-    model = _model(hidden, activation, shared)
-    obs, act, c_lp, c_v = _data()
+@pytest.mark.parametrize("hidden,activation,shared,space", CASES)
+def test_outputs_and_gradients_equal_autograd(hidden, activation, shared, space):
+    model = _model(hidden, activation, shared, space=space)
+    obs, act, c_lp, c_v = _data(space=space)
     want, lp, v = _autograd_grads(model, obs, act, c_lp, c_v, ent_coef=0.7)
 
     path = MLPEvaluateGrad(model)
@@ -59,15 +64,16 @@ def test_outputs_and_gradients_equal_autograd(hidden, activation, shared):
     assert_close(cache.logprob, lp, rtol=1e-12, atol=1e-12)
     assert_close(cache.value, v, rtol=1e-12, atol=1e-12)
     _, ent, _ = model.evaluate(obs, act)
-    assert_close(path.entropy_mean(), ent.mean().detach(), rtol=1e-12, atol=1e-12)
-    path.backward(cache, c_lp, c_v, d_log_std=-0.7)
+    assert_close(path.entropy_mean(cache), ent.mean().detach(), rtol=1e-12, atol=1e-12)
+    path.backward(cache, c_lp, c_v, d_entropy=-0.7 / len(obs))
     for name, p in model.named_parameters():
         assert_close(p.grad, want[name], rtol=1e-10, atol=1e-12, msg=name)
 
 
-def test_float32_matches_autograd_closely():
-    model = _model((64, 64), dtype=torch.float32)
-    obs, act, c_lp, c_v = _data(B=64, dtype=torch.float32)
+@pytest.mark.parametrize("space", [BOX, DISCRETE])
+def test_float32_matches_autograd_closely(space):
+    model = _model((64, 64), dtype=torch.float32, space=space)
+    obs, act, c_lp, c_v = _data(B=64, dtype=torch.float32, space=space)
     want, _, _ = _autograd_grads(model, obs, act, c_lp, c_v)
     path = MLPEvaluateGrad(model)
     path.backward(path.forward(obs, act), c_lp, c_v)
@@ -110,8 +116,7 @@ def test_flat_grads_are_views_that_keep_existing_values():
 
 def test_unsupported_models_say_why():
     assert MLPEvaluateGrad.unsupported(_model()) is None
-    disc = MLPActorCritic(5, gym.spaces.Discrete(4))
-    assert "Gaussian" in MLPEvaluateGrad.unsupported(disc)
+    assert MLPEvaluateGrad.unsupported(MLPActorCritic(5, DISCRETE)) is None
     squash = MLPActorCritic(5, BOX, squash=True)
     assert "Gaussian" in MLPEvaluateGrad.unsupported(squash)
     gelu = MLPActorCritic(5, BOX, activation="gelu")
@@ -123,5 +128,5 @@ def test_unsupported_models_say_why():
     frozen = _model()
     frozen.log_std.requires_grad_(False)
     assert "require grad" in MLPEvaluateGrad.unsupported(frozen)
-    with pytest.raises(ValueError, match="MLPEvaluateGrad: .*Gaussian"):
-        MLPEvaluateGrad(disc)
+    with pytest.raises(ValueError, match="MLPEvaluateGrad: .*tanh squash"):
+        MLPEvaluateGrad(squash)

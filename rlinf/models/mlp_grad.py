@@ -1,16 +1,16 @@
-"""``MLPActorCritic.evaluate`` with its backward pass written out (Gaussian policies).
+"""``MLPActorCritic.evaluate`` with its backward pass written out.
 
 A small policy's PPO update is thousands of optimizer steps on minibatches of a few dozen
 rows, where autograd's bookkeeping (graph nodes, saved tensors, the engine, gradient
 accumulation) costs more than the matrix products: about 0.6 ms of a 1.1 ms step for a 64x64
 actor-critic on one CPU core. :class:`MLPEvaluateGrad` runs the same forward without autograd,
-keeps what the backward needs, and given d loss / d logprob and d loss / d value writes every
-parameter's gradient into its ``.grad`` (accumulating on request), with the kernels autograd
-would run (``addmm``, ``mm``, ``tanh_backward``, ...) and nothing else.
+keeps what the backward needs, and given d loss / d logprob, d loss / d value and d loss /
+d entropy writes every parameter's gradient into its ``.grad`` (accumulating on request), with
+the kernels autograd would run (``addmm``, ``mm``, ``tanh_backward``, ...) and nothing else.
 
 It covers what the hot path needs: a :class:`~rlinf.models.actor_critic.MLPActorCritic` with a
-Box action space and no tanh squash, Linear layers with tanh or ReLU activations, shared or
-separate trunks, no module hooks (so not sharded by FSDP). :meth:`MLPEvaluateGrad.unsupported`
+Gaussian (Box, no tanh squash) or categorical (Discrete) policy, Linear layers with tanh or
+ReLU activations, shared or separate trunks, no module hooks (so not sharded by FSDP). :meth:`MLPEvaluateGrad.unsupported`
 says why another model is not covered; ``model.evaluate`` plus autograd stays the definition,
 and the tests compare values and gradients with it.
 """
@@ -37,19 +37,18 @@ _ACT_BACKWARD = {  # activation module -> (forward in place, backward given the 
 class EvalCache(NamedTuple):
     """What :meth:`MLPEvaluateGrad.forward` returns: the outputs and what the backward needs.
 
-    logprob: [B] log-density of the actions; value: [B] critic estimate;
+    logprob: [B] log-probability (density) of the actions; value: [B] critic estimate;
     actor_acts / critic_acts: the input and every hidden layer's output of each trunk
-    (critic_acts is None for a shared trunk); z: [B, D] standardised actions
-    ``(action - mean) / std``; z_sq: z squared; inv_std: [D].
+    (critic_acts is None for a shared trunk); dist: the policy head's state, Gaussian:
+    ``(z, z^2, 1 / std)`` with z [B, D] the standardised actions ``(action - mean) / std``;
+    categorical: ``(p, log_p, action)`` with p [B, K] the action probabilities.
     """
 
     logprob: Tensor
     value: Tensor
     actor_acts: list[Tensor]
     critic_acts: list[Tensor] | None
-    z: Tensor
-    z_sq: Tensor
-    inv_std: Tensor
+    dist: tuple[Tensor, Tensor, Tensor]
 
 
 def _layers(trunk: nn.Sequential) -> list[tuple[nn.Linear, type[nn.Module]]] | None:
@@ -84,8 +83,8 @@ class MLPEvaluateGrad:
             return f"not an MLPActorCritic ({type(model).__name__})"
         if type(model).evaluate is not MLPActorCritic.evaluate:
             return "evaluate() is overridden"
-        if model.discrete or model.squash:
-            return "only Gaussian policies without tanh squash"
+        if model.squash:
+            return "only Gaussian policies without tanh squash, or categorical ones"
         hooked = [m for m in model.modules() if m._forward_hooks or m._forward_pre_hooks]
         if hooked or model._forward_pre_hooks:
             return "modules have hooks (e.g. FSDP): autograd must run them"
@@ -123,26 +122,32 @@ class MLPEvaluateGrad:
     def forward(self, obs: Tensor, action: Tensor) -> EvalCache:
         """``model.evaluate(obs, action)``'s log-prob and value (no autograd graph).
 
-        The entropy is not computed: it depends on ``log_std`` only (see
-        :meth:`entropy_mean`).
+        The entropy is left out (see :meth:`entropy_mean`): the PPO step only logs it.
         """
         m = self.model
         with torch.no_grad():
             x = m._flat(obs)
             actor_acts = self._trunk(self.actor, x)
-            mean = torch.addmm(m.policy_head.bias, actor_acts[-1], m.policy_head.weight.t())
+            out = torch.addmm(m.policy_head.bias, actor_acts[-1], m.policy_head.weight.t())
             if self.critic is None:
                 critic_acts, feat = None, actor_acts[-1]
             else:
                 critic_acts = self._trunk(self.critic, x)
                 feat = critic_acts[-1]
             value = torch.addmv(m.value_head.bias, feat, m.value_head.weight[0])
-            log_std = m.log_std
-            inv_std = torch.exp(-log_std)
-            z = (action - mean).mul_(inv_std)
-            z_sq = z * z
-            logprob = z_sq.sum(-1).mul_(-0.5).sub_(log_std.sum() + _HALF_LOG_2PI * z.shape[-1])
-        return EvalCache(logprob, value, actor_acts, critic_acts, z, z_sq, inv_std)
+            if m.discrete:
+                log_p = torch.log_softmax(out, -1)
+                action = action.long().unsqueeze(-1)
+                logprob = log_p.gather(-1, action).squeeze(-1)
+                dist = (log_p.exp(), log_p, action)
+            else:
+                log_std = m.log_std
+                inv_std = torch.exp(-log_std)
+                z = (action - out).mul_(inv_std)
+                z_sq = z * z
+                logprob = z_sq.sum(-1).mul_(-0.5).sub_(log_std.sum() + _HALF_LOG_2PI * z.shape[-1])
+                dist = (z, z_sq, inv_std)
+        return EvalCache(logprob, value, actor_acts, critic_acts, dist)
 
     @staticmethod
     def _trunk(layers, x: Tensor) -> list[Tensor]:
@@ -152,10 +157,12 @@ class MLPEvaluateGrad:
             acts.append(x)
         return acts
 
-    def entropy_mean(self) -> Tensor:
-        """0-d mean over rows of ``evaluate``'s entropy (the same for every row), detached."""
-        log_std = self.model.log_std.detach()
-        return (log_std.sum() + (0.5 + _HALF_LOG_2PI) * log_std.numel()).detach()
+    def entropy_mean(self, cache: EvalCache) -> Tensor:
+        """0-d mean over the rows of ``cache`` of ``evaluate``'s entropy (no graph)."""
+        if self.model.discrete:
+            return torch.special.entr(cache.dist[0]).sum(-1).mean()
+        log_std = self.model.log_std.detach()  # a Gaussian's: the same for every row
+        return log_std.sum() + (0.5 + _HALF_LOG_2PI) * log_std.numel()
 
     # -- backward -----------------------------------------------------------------------
     def backward(
@@ -163,26 +170,32 @@ class MLPEvaluateGrad:
         cache: EvalCache,
         d_logprob: Tensor,
         d_value: Tensor,
-        d_log_std: float = 0.0,
+        d_entropy: float = 0.0,
         accumulate: bool = False,
     ) -> None:
         """Write the parameters' gradients of a loss into their ``.grad``.
 
         ``d_logprob``/``d_value`` [B] are d loss / d logprob and d loss / d value of the rows
-        of ``cache``; ``d_log_std`` is added to every ``log_std`` entry's gradient (a term of
-        the loss in ``log_std`` directly, e.g. ``-coef`` for an entropy bonus of
-        ``coef * entropy.mean()``). ``accumulate`` adds to existing gradients (micro-batches)
-        instead of overwriting them; a missing ``.grad`` is allocated.
+        of ``cache``; ``d_entropy`` is d loss / d entropy, the same for every row (e.g.
+        ``-coef / B`` for a bonus ``coef * entropy.mean()``). ``accumulate`` adds to existing
+        gradients (micro-batches) instead of overwriting them; a missing ``.grad`` is
+        allocated.
         """
         m = self.model
         with torch.no_grad():
             put = _Writer(accumulate)
-            # Gaussian log-density: d/dmean = z / std, d/dlog_std = z^2 - 1 (per row).
-            put.mv(m.log_std, cache.z_sq.t(), d_logprob, shift=d_log_std - d_logprob.sum())
-            d_mean = (cache.z * cache.inv_std).mul_(d_logprob.unsqueeze(1))
+            if m.discrete:
+                d_out = self._categorical_backward(cache, d_logprob, d_entropy)
+            else:
+                # Gaussian log-density: d/dmean = z / std, d/dlog_std = z^2 - 1 (per row);
+                # the entropy, sum(log_std) + const per row: d/dlog_std = 1 per row.
+                z, z_sq, inv_std = cache.dist
+                shift = d_entropy * z.shape[0] - d_logprob.sum()
+                put.mv(m.log_std, z_sq.t(), d_logprob, shift=shift)
+                d_out = (z * inv_std).mul_(d_logprob.unsqueeze(1))
             head = m.policy_head
-            put.linear(head, d_mean, cache.actor_acts[-1])
-            d_feat = d_mean.mm(head.weight)
+            put.linear(head, d_out, cache.actor_acts[-1])
+            d_feat = d_out.mm(head.weight)
             vw = m.value_head.weight
             feat = cache.actor_acts[-1] if self.critic is None else cache.critic_acts[-1]
             put.mv(vw, feat.t(), d_value)
@@ -194,6 +207,18 @@ class MLPEvaluateGrad:
                     put, self.critic, cache.critic_acts, torch.outer(d_value, vw[0])
                 )
             self._trunk_backward(put, self.actor, cache.actor_acts, d_feat)
+
+    @staticmethod
+    def _categorical_backward(cache: EvalCache, d_logprob: Tensor, d_entropy: float) -> Tensor:
+        """d loss / d logits [B, K]: log p_a has gradient onehot(a) - p; the entropy
+        H = -sum p log p has gradient -p (log p + H)."""
+        p, log_p, action = cache.dist
+        d_logits = p * d_logprob.unsqueeze(1).neg()
+        d_logits.scatter_add_(1, action, d_logprob.unsqueeze(1))
+        if d_entropy:
+            h = torch.special.entr(p).sum(-1, keepdim=True)
+            d_logits.addcmul_(p, log_p + h, value=-d_entropy)
+        return d_logits
 
     @staticmethod
     def _trunk_backward(put: _Writer, layers, acts: list[Tensor], d_out: Tensor) -> None:

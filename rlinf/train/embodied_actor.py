@@ -251,12 +251,13 @@ class EmbodiedActor:
             )
             if weight != 1.0:
                 d_logprob, d_value = d_logprob * weight, d_value * weight
-        # loss - entropy_bonus * entropy.mean(): d / d log_std = -entropy_bonus per entry.
-        path.backward(cache, d_logprob, d_value, -a.entropy_bonus * weight, accumulate)
+        # loss - entropy_bonus * entropy.mean(): d / d entropy = -entropy_bonus / B per row.
+        d_entropy = -a.entropy_bonus * weight / cache.logprob.shape[0]
+        path.backward(cache, d_logprob, d_value, d_entropy, accumulate)
         metrics = dict(zip(METRIC_NAMES, m.unbind(), strict=True))
         return {
             "train/policy_loss": metrics["policy_loss"],
-            "train/entropy": path.entropy_mean(),
+            "train/entropy": path.entropy_mean(cache),
             "train/approx_kl": metrics["approx_kl"],
             "train/clip_frac": metrics["clip_frac"],
             "train/value_loss": metrics["value_loss"],
