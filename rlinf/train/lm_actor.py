@@ -62,10 +62,11 @@ class LMActor:
             )
         model.config.use_cache = False
         if train and self.cfg.actor.model.torch_compile:
-            # the layers' forward only: FSDP2's hooks and checkpointing stay eager around it;
-            # the layers share one compiled graph (two: static, then dynamic sequence length)
+            # the layers' forward only: FSDP2's hooks and checkpointing stay eager around it.
+            # The layers share their graphs, compiled for any batch size and length (dynamic:
+            # no recompilation as lengths vary); one with and one without a padding mask.
             for layer in getattr(getattr(model, "model", None), "layers", None) or []:
-                layer.forward = torch.compile(layer.forward)
+                layer.forward = torch.compile(layer.forward, dynamic=True)
         fsdp_cfg = self.cfg.actor.fsdp_config
         if self.device.type == "cuda" and fsdp_cfg.param_dtype is None:
             from dataclasses import replace
