@@ -282,10 +282,14 @@ def _fsdp_compiled_update(rank, world, model_dir):
     ]
 
 
-def test_compiled_layers_under_fsdp2_give_the_eager_update(model_dir):
-    """Two gloo actor ranks (FSDP2 hooks around the compiled layers): same update as eager."""
+def test_compiled_layers_under_fsdp2_give_the_eager_update(tmp_path):
+    """Two gloo actor ranks (FSDP2 hooks around the compiled layers): same update as eager
+    (one architecture: each rank compiles, which costs half a minute on 2 CPU cores)."""
     from distributed import run_distributed
 
+    from rlinf.models.tiny_lm import build_tiny_lm
+
+    model_dir = build_tiny_lm(tmp_path, CORPUS, arch="qwen2", hidden_size=32, num_layers=2, seed=3)
     for diffs in run_distributed(_fsdp_compiled_update, 2, model_dir, timeout=300):
         assert max(diffs) < 1e-6
 
