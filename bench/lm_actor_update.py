@@ -38,6 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
+from _timing import sync_device  # noqa: E402
 from grpo_vs_trl import build_model_dir  # noqa: E402
 
 from rlinf.dist.batch import TensorBatch  # noqa: E402
@@ -119,17 +120,16 @@ def baseline(args, model_dir: Path, device) -> tuple:
     return model, step
 
 
-def timed(fn, b, iters: int, warmup: int, device) -> list[float]:
+def timed(fn, b, iters: int, warmup: int) -> list[float]:
+    """Seconds of each of ``iters`` calls ``fn(b)`` after ``warmup`` untimed ones."""
     for _ in range(warmup):
         fn(b)
     out = []
     for _ in range(iters):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        sync_device()
         t = time.perf_counter()
         fn(b)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        sync_device()
         out.append(time.perf_counter() - t)
     return out
 
@@ -141,8 +141,7 @@ def profile(fn, b, device) -> str:
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with prof(activities=acts) as p:
         fn(b)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        sync_device()
     key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
     return p.key_averages().table(sort_by=key, row_limit=30, max_name_column_width=60)
 
@@ -165,7 +164,6 @@ def main() -> None:
     ap.add_argument(
         "--baseline-micro", type=int, help="the baseline's micro-batch (default --micro)"
     )
-    ap.add_argument("--liger", action="store_true", help="Liger kernels in our model")
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--set", action="append", default=[], help="extra config override for ours")
     ap.add_argument("--out")
@@ -189,21 +187,11 @@ def main() -> None:
     result["device_name"] = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
 
     actor, fn = ours(args, model_dir, device)
-    if args.liger:  # Liger's Triton kernels for RMSNorm, RoPE and SwiGLU (an experiment)
-        from liger_kernel.transformers import apply_liger_kernel_to_qwen2
-
-        apply_liger_kernel_to_qwen2(
-            rope=True,
-            rms_norm=True,
-            swiglu=True,
-            fused_linear_cross_entropy=False,
-            model=actor.model,
-        )
     b = make_batch(args, actor.model.config.vocab_size, device)
     t0 = time.perf_counter()
     fn(b)
     result["ours_first_update_s"] = time.perf_counter() - t0  # includes any compilation
-    times = timed(fn, b, args.iters, args.warmup, device)
+    times = timed(fn, b, args.iters, args.warmup)
     result["ours_s"] = statistics.median(times)
     result["ours_runs"] = [round(t, 4) for t in times]
     if device.type == "cuda":
@@ -215,7 +203,7 @@ def main() -> None:
         torch.cuda.reset_peak_memory_stats()
     if not args.skip_baseline:
         _, base = baseline(args, model_dir, device)
-        times = timed(base, b, args.iters, args.warmup, device)
+        times = timed(base, b, args.iters, args.warmup)
         result["baseline_s"] = statistics.median(times)
         result["baseline_runs"] = [round(t, 4) for t in times]
         if device.type == "cuda":

@@ -18,20 +18,6 @@ OBS, ACT = 17, gym.spaces.Box(-1.0, 1.0, (6,), np.float32)
 DISCRETE = gym.spaces.Discrete(3)
 
 
-@pytest.fixture(scope="module")
-def world1():
-    from distributed import free_port
-
-    if dist.is_initialized():
-        yield
-        return
-    dist.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1
-    )
-    yield
-    dist.destroy_process_group()
-
-
 def _batch(model, n=256, seed=0) -> TensorBatch:
     g = torch.Generator().manual_seed(seed)
     obs, act = torch.randn(n, OBS, generator=g), torch.randn(n, 6, generator=g)

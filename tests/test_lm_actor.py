@@ -114,20 +114,6 @@ def test_fused_token_logprobs_match_the_eager_chunks(dtype):
 
 
 # -- the actor on one gloo rank ---------------------------------------------------------------
-@pytest.fixture(scope="module")
-def world1():
-    from distributed import free_port
-
-    if dist.is_initialized():
-        yield
-        return
-    dist.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1
-    )
-    yield
-    dist.destroy_process_group()
-
-
 @pytest.fixture(scope="module", params=["qwen2", "llama"])
 def model_dir(request, tmp_path_factory):
     from rlinf.models.tiny_lm import build_tiny_lm

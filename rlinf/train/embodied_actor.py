@@ -228,13 +228,7 @@ class EmbodiedActor:
         else:
             ent = entropy.detach().mean()
         (loss * weight if weight != 1.0 else loss).backward()
-        return {
-            "train/policy_loss": m["policy_loss"],
-            "train/entropy": ent.detach(),
-            "train/approx_kl": m["approx_kl"],
-            "train/clip_frac": m["clip_frac"],
-            "train/value_loss": m["value_loss"],
-        }
+        return _train_metrics(m, ent.detach())
 
     def _manual_loss(self, mb, weight: float, accumulate: bool) -> dict[str, torch.Tensor]:
         """:meth:`_fused_loss`'s math through :class:`MLPEvaluateGrad`: the gradients of the
@@ -255,13 +249,7 @@ class EmbodiedActor:
         d_entropy = -a.entropy_bonus * weight / cache.logprob.shape[0]
         path.backward(cache, d_logprob, d_value, d_entropy, accumulate)
         metrics = dict(zip(METRIC_NAMES, m.unbind(), strict=True))
-        return {
-            "train/policy_loss": metrics["policy_loss"],
-            "train/entropy": path.entropy_mean(cache),
-            "train/approx_kl": metrics["approx_kl"],
-            "train/clip_frac": metrics["clip_frac"],
-            "train/value_loss": metrics["value_loss"],
-        }
+        return _train_metrics(metrics, path.entropy_mean(cache))
 
     def state_dict(self) -> dict:
         from torch.distributed.checkpoint.state_dict import get_state_dict
@@ -282,3 +270,9 @@ class EmbodiedActor:
     def load_extra_state(self, state: dict) -> None:
         self.sched.load_state_dict(state["sched"])
         self.gen.set_state(state["gen"])
+
+
+def _train_metrics(m: dict[str, torch.Tensor], entropy: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The logged metrics of the fused loss (``m``: its metrics by name) and the entropy."""
+    keys = ("policy_loss", "approx_kl", "clip_frac", "value_loss")
+    return {"train/entropy": entropy, **{f"train/{k}": m[k] for k in keys}}

@@ -14,6 +14,8 @@ first call of each pays the compilation.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import Tensor
 
@@ -36,41 +38,35 @@ def _scaled(rows: Tensor, temperature: float) -> tuple[Tensor, bool]:
     return rows.to(dtype), rows.dtype != dtype
 
 
-def _fused_forward(rows: Tensor, tokens: Tensor, temperature: float) -> tuple[Tensor, Tensor]:
-    """``(log p(token), log-sum-exp)`` of each row of ``rows / temperature``, in float32."""
-    x = rows.float() / temperature
+def _chunk_forward(rows: Tensor, tokens: Tensor, temperature: float) -> tuple[Tensor, Tensor]:
+    """``(log p(token), log-sum-exp)`` of each row of ``rows / temperature``, in the compute
+    dtype (eager, or compiled into one kernel)."""
+    x, _ = _scaled(rows, temperature)
     lse = torch.logsumexp(x, dim=-1)
     return x.gather(-1, tokens[:, None]).squeeze(-1) - lse, lse
 
 
 def _fused_backward(rows: Tensor, tokens: Tensor, lse: Tensor, g: Tensor, temperature: float):
     """``g * d log p(token) / d rows = g / t * (onehot(token) - softmax(rows / t))``, in the dtype
-    of ``rows``; the one-hot is a comparison, so the whole chunk is one element-wise kernel."""
-    x = rows.float() / temperature
+    of ``rows``; the one-hot is a comparison, so compiled, the chunk is one element-wise kernel."""
+    x = rows.to(lse.dtype) / temperature
     cols = torch.arange(rows.shape[-1], device=rows.device)
-    onehot = (cols[None, :] == tokens[:, None]).float()
+    onehot = (cols[None, :] == tokens[:, None]).to(lse.dtype)
     grad = (onehot - torch.exp(x - lse[:, None])) * (g / temperature)[:, None]
     return grad.to(rows.dtype)
 
 
-def _fused_entropy(rows: Tensor, temperature: float) -> Tensor:
-    """Entropy of each row's ``softmax(rows / temperature)``."""
-    x = rows.float() / temperature
+def _chunk_entropy(rows: Tensor, temperature: float) -> Tensor:
+    """Entropy of each row's ``softmax(rows / temperature)`` (-inf logits contribute nothing)."""
+    x, _ = _scaled(rows, temperature)
     logp = x - torch.logsumexp(x, dim=-1, keepdim=True)
     p = torch.exp(logp)
     return -(p * torch.where(p > 0, logp, 0.0)).sum(-1)
 
 
-_COMPILED: dict[str, object] = {}
-
-
-def _compiled(name: str):
-    if name not in _COMPILED:
-        fn = {"forward": _fused_forward, "backward": _fused_backward, "entropy": _fused_entropy}[
-            name
-        ]
-        _COMPILED[name] = torch.compile(fn, dynamic=True)
-    return _COMPILED[name]
+@functools.cache
+def _compiled(fn):
+    return torch.compile(fn, dynamic=True)
 
 
 class _TokenLogProbs(torch.autograd.Function):
@@ -82,19 +78,10 @@ class _TokenLogProbs(torch.autograd.Function):
         dtype = compute_dtype(logits)
         lp = torch.empty(n, dtype=dtype, device=logits.device)
         lse = torch.empty(n, dtype=dtype, device=logits.device)
-        fwd = _compiled("forward") if fused else None
+        fwd = _compiled(_chunk_forward) if fused else _chunk_forward
         for s in range(0, n, chunk):
-            if fwd is not None:
-                lp[s : s + chunk], lse[s : s + chunk] = fwd(
-                    logits[s : s + chunk], tokens[s : s + chunk], temperature
-                )
-                continue
-            x, _ = _scaled(logits[s : s + chunk], temperature)
-            lse[s : s + chunk] = torch.logsumexp(x, dim=-1)
-            lp[s : s + chunk] = x.gather(-1, tokens[s : s + chunk, None]).squeeze(-1)
-            del x
-        if fwd is None:
-            lp.sub_(lse)
+            e = s + chunk
+            lp[s:e], lse[s:e] = fwd(logits[s:e], tokens[s:e], temperature)
         ctx.save_for_backward(logits, tokens, lse)
         ctx.temperature, ctx.chunk, ctx.fused = temperature, chunk, fused
         return lp
@@ -106,7 +93,7 @@ class _TokenLogProbs(torch.autograd.Function):
         grad = torch.empty_like(logits)
         g = grad_lp.to(lse.dtype)
         if ctx.fused:
-            bwd = _compiled("backward")
+            bwd = _compiled(_fused_backward)
             for s in range(0, logits.shape[0], chunk):
                 e = s + chunk
                 grad[s:e] = bwd(logits[s:e], tokens[s:e], lse[s:e], g[s:e], t)
@@ -139,7 +126,7 @@ def token_logprobs(
     Same values as :func:`rlinf.algorithms.logprobs_from_logits`; differentiable with respect to
     ``logits``, whose gradient comes back in their dtype. ``chunk_rows`` bounds the float32
     temporaries (default: 256 MiB worth of rows); ``fused`` compiles each chunk's work into one
-    kernel (float32/bf16/fp16 logits; float64 stays on the eager path).
+    kernel.
     """
     check_token_logits("token_logprobs", logits, tokens, temperature)
     v = logits.shape[-1]
@@ -148,7 +135,6 @@ def token_logprobs(
     if flat.shape[0] == 0:
         return logits.new_zeros(tokens.shape, dtype=compute_dtype(logits))
     chunk = _chunk_rows(flat.shape[0], v, chunk_rows)
-    fused = fused and flat.dtype != torch.float64
     return _TokenLogProbs.apply(flat, idx, float(temperature), chunk, fused).reshape(tokens.shape)
 
 
@@ -162,17 +148,9 @@ def token_entropy(
     flat = logits.reshape(-1, v)
     out = torch.empty(flat.shape[0], dtype=compute_dtype(logits), device=logits.device)
     chunk = _chunk_rows(flat.shape[0], v, chunk_rows)
-    if fused and flat.dtype != torch.float64:
-        ent = _compiled("entropy")
-        for s in range(0, flat.shape[0], chunk):
-            out[s : s + chunk] = ent(flat[s : s + chunk], temperature)
-        return out.reshape(logits.shape[:-1])
+    ent = _compiled(_chunk_entropy) if fused else _chunk_entropy
     for s in range(0, flat.shape[0], chunk):
-        x, _ = _scaled(flat[s : s + chunk], temperature)
-        logp = torch.log_softmax(x, dim=-1)
-        p = logp.exp()
-        # -inf logits (p = 0) contribute nothing
-        out[s : s + chunk] = -(p * torch.where(p > 0, logp, 0.0)).sum(-1)
+        out[s : s + chunk] = ent(flat[s : s + chunk], temperature)
     return out.reshape(logits.shape[:-1])
 
 
